@@ -1,0 +1,41 @@
+# nanolab: every target creates or reuses ./.venv. torch is pinned in the same pip command as the rest,
+# so pip takes the CPU wheel on disk instead of several GB of CUDA wheels.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.nanolab-installed
+
+.PHONY: setup quickstart test test-all test-slow bench browser clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	touch $(STAMP)
+
+# The main job: fetch Debian Rust sources, build the dataset, train engram-v1 (tiny on CPU, full on a GPU),
+# then score the final checkpoint with tree-sitter and held-out loss.
+quickstart: setup
+	$(BIN)/nanotrain run engram-v1
+	$(BIN)/nanoeval score --ckpt runs/engram-v1/final --out runs/engram-v1/score.json
+
+# Fast tests (a few minutes on 2 cores). Slow tests: make test-slow.
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -m "slow" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_train.py --device cpu
+	$(BIN)/python benchmarks/bench_decode.py --device cpu
+	$(BIN)/python benchmarks/bench_score.py
+
+# Debian chromium for the browser test of the demo (needs root / apt).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)

@@ -1,0 +1,5 @@
+import sys
+
+from nanoeval.cli import main
+
+sys.exit(main())

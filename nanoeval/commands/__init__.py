@@ -1,0 +1,1 @@
+"""Sub-commands of `nanoeval`; each module defines `register(subparsers)`."""

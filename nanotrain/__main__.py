@@ -1,0 +1,5 @@
+import sys
+
+from nanotrain.cli import main
+
+sys.exit(main())

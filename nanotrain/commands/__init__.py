@@ -1,0 +1,1 @@
+"""Sub-commands of `nanotrain`; each module defines `register(subparsers)`."""
