@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev,plot]"
 	touch $(STAMP)
 
 # The main job: fetch Debian Rust sources, build the dataset, train engram-v1 (tiny on CPU, full on a GPU),
@@ -39,3 +39,16 @@ bench: setup
 # Debian chromium for the browser test of the demo (needs root / apt).
 browser:
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+# Re-measure the regression goldens (tests/regression) and show the diff; nothing is written.
+# To accept an intended change: $(BIN)/python -m tests.regression.regenerate --write
+.PHONY: goldens
+goldens: setup
+	$(BIN)/python -m tests.regression.regenerate
+
+# The original four-run session (sessions/seed.toml) at tiny scale on this machine, then its markdown report.
+# Re-running continues it: finished runs are skipped, interrupted ones resume.
+.PHONY: session-tiny
+session-tiny: setup
+	$(BIN)/nanotrain session sessions/seed.toml --scale tiny
+	$(BIN)/nanoeval report --session runs/seed

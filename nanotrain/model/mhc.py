@@ -1,0 +1,104 @@
+"""mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (seed-spec §2.2-2.3).
+
+Streams are held as one tensor X [N, B, T, dim] (stream first). Per sub-layer (`mhc_attn`, `mhc_ffn`):
+- expand(x):  every stream starts as a copy of x (done once, after the embedding).
+- prepare(X): sum_i h_pre[i] * X[i],  h_pre = sigmoid(pre_logits + pre_bias)      -> the sub-layer input.
+- apply(X, o): X[i] += h_post[i] * o,  h_post = 2*sigmoid(post_logits + post_bias), THEN mix the streams with a
+  doubly stochastic matrix: N=2 uses [[a, 1-a], [1-a, a]] with a = sigmoid(alpha_logit) (residual before mixing,
+  seed fix 95be2f9); N>2 uses a Sinkhorn-normalised exp(mix_logits).
+- collapse(X): the mean of the streams (before the final norm).
+N=1 is a plain residual stream: prepare is the identity and apply is x + o (no parameters).
+
+Initialisation (`mhc_init`):
+- "seed": the original, fully symmetric init (alpha_logit 0, pre/post logits 0, biases 0.5). Both streams stay
+  bit-identical forever, so d loss / d alpha_logit is exactly 0 and mHC reduces to a scalar residual gain.
+- "broken" (default): the per-stream logits start at distinct values, pre_logits = post_logits = linspace(+0.5,
+  -0.5) over the streams, and alpha_logit = 1 (a = 0.73). Distinct write gains h_post make the streams differ after
+  the first sub-layer, the mix no longer averages them away (a != 0.5), and distinct read gains h_pre make the two
+  streams' gradients differ, so alpha_logit receives a gradient from the first step. Biases keep the seed's 0.5.
+  For N>2, mix_logits start at 1 on the diagonal (mostly keep your own stream) instead of the seed-like zeros.
+The mix of the model's very last sub-layer is structurally inert: collapse takes the stream mean, and a doubly
+stochastic mix preserves it, so that one alpha_logit never gets a gradient (in the seed too).
+`clamp_()` is the seed's post-step clamp of the mixing logits to [-3, 3] (in place, no host sync).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MIX_CLAMP = 3.0
+SINKHORN_ITERS = 20
+
+
+def expand_streams(x: torch.Tensor, n_streams: int) -> torch.Tensor:
+    """x [B, T, dim] -> X [N, B, T, dim] with N identical copies."""
+    return x.unsqueeze(0).expand(n_streams, *x.shape).contiguous()
+
+
+def collapse_streams(streams: torch.Tensor) -> torch.Tensor:
+    """X [N, B, T, dim] -> the mean stream [B, T, dim]."""
+    return streams.mean(dim=0)
+
+
+def sinkhorn(logits: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
+    """A (numerically) doubly stochastic matrix from exp(logits) by alternate row/column normalisation in log space."""
+    log_m = logits
+    for _ in range(iters):
+        log_m = log_m - log_m.logsumexp(dim=1, keepdim=True)
+        log_m = log_m - log_m.logsumexp(dim=0, keepdim=True)
+    return log_m.exp()
+
+
+class MHCLite(nn.Module):
+    """Read/write/mix gains of one sub-layer over N residual streams (see the module docstring)."""
+
+    def __init__(self, n_streams: int, init: str = "broken") -> None:
+        super().__init__()
+        if init not in ("broken", "seed"):
+            raise ValueError(f"mhc_init must be 'broken' or 'seed', got {init!r}")
+        self.n_streams = n_streams
+        if n_streams == 1:
+            return
+        spread = 0.5 if init == "broken" else 0.0
+        logits = torch.linspace(spread, -spread, n_streams)
+        self.pre_logits = nn.Parameter(logits.clone())
+        self.pre_bias = nn.Parameter(torch.full((n_streams,), 0.5))
+        self.post_logits = nn.Parameter(logits.clone())
+        self.post_bias = nn.Parameter(torch.full((n_streams,), 0.5))
+        if n_streams == 2:
+            self.alpha_logit = nn.Parameter(torch.full((1,), 1.0 if init == "broken" else 0.0))
+        else:
+            self.mix_logits = nn.Parameter(torch.eye(n_streams) * (1.0 if init == "broken" else 0.0))
+
+    def mixing_matrix(self) -> torch.Tensor:
+        """The doubly stochastic [N, N] matrix applied after the residual write."""
+        if self.n_streams == 2:
+            a = torch.sigmoid(self.alpha_logit[0])
+            return torch.stack((torch.stack((a, 1 - a)), torch.stack((1 - a, a))))
+        return sinkhorn(self.mix_logits)
+
+    def prepare(self, streams: torch.Tensor) -> torch.Tensor:
+        """X [N, B, T, dim] -> the sub-layer input [B, T, dim]."""
+        if self.n_streams == 1:
+            return streams[0]
+        h_pre = torch.sigmoid(self.pre_logits + self.pre_bias)
+        return (h_pre.view(-1, 1, 1, 1) * streams).sum(dim=0)
+
+    def apply(self, streams: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Add h_post[i]*out to stream i, then mix the streams."""
+        if self.n_streams == 1:
+            return streams + out.unsqueeze(0)
+        h_post = 2 * torch.sigmoid(self.post_logits + self.post_bias)
+        written = streams + h_post.view(-1, 1, 1, 1) * out.unsqueeze(0)
+        mix = self.mixing_matrix().to(written.dtype)
+        return (mix.view(self.n_streams, self.n_streams, 1, 1, 1) * written.unsqueeze(0)).sum(dim=1)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Clamp the mixing logits to [-3, 3] in place; non-finite values are reset to 0 (seed behaviour)."""
+        if self.n_streams == 1:
+            return
+        p = self.alpha_logit if self.n_streams == 2 else self.mix_logits
+        torch.nan_to_num_(p, nan=0.0, posinf=0.0, neginf=0.0)
+        p.clamp_(-MIX_CLAMP, MIX_CLAMP)

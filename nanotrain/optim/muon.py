@@ -1,0 +1,132 @@
+"""Muon: EMA momentum with the seed's Nesterov look-ahead, orthogonalised by Newton–Schulz (seed-spec §6.1).
+
+Per parameter with gradient g (already clipped):
+  b_new = β·b + (1−β)·g;  n = (1+β)·b_new − β·b_prev  (Nesterov; n = b_new without it)
+  O = NS5(n reshaped to [dim0, ∏rest]);  W ← W·(1 − lr·wd) − lr_eff·O
+with lr_eff = lr, or lr·sqrt(max(1, rows/cols)) when `shape_scaling` is on (off in the seed).
+The seed's Nesterov form equals β·b_new + (1−β)·g, which is also torch.optim.Muon's (`g.lerp(b_new, β)`), so
+with shape scaling on and NS in bf16 this optimizer computes what torch.optim.Muon does, batched and for any rank.
+
+The step is batched: matrices of one group with the same 2-D shape are stacked and orthogonalised by one chain
+of batched matmuls, and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
+value back to the host, so it never synchronises with the GPU. Under DDP the gradients arrive averaged and every
+rank runs the same (redundant) Newton–Schulz, which keeps the replicas identical.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_NORM_EPS = 1e-7
+
+
+def newton_schulz(x: Tensor, steps: int = 5, coeffs: tuple[float, float, float] = NS_COEFFS,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """Approximately orthogonalise a matrix [r, c] or a batch [k, r, c] with the quintic Newton–Schulz iteration.
+
+    Each matrix is transposed when rows > cols, divided by its Frobenius norm (left as is when the norm is
+    ≤ 1e-7, so a zero gradient yields a zero update), then iterated `steps` times:
+    A = X·Xᵀ; X ← a·X + (b·A + c·A²)·X. Runs in `dtype` (default: x's dtype); returns x's dtype and shape.
+    """
+    a, b, c = coeffs
+    single = x.ndim == 2
+    X = x.unsqueeze(0) if single else x
+    X = X.to(dtype or x.dtype)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    X = X / torch.where(norm > NS_NORM_EPS, norm, torch.ones_like(norm)).to(X.dtype)
+    for _ in range(steps):
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    if transposed:
+        X = X.mT
+    X = X.to(x.dtype)
+    return X[0] if single else X
+
+
+def as_matrix_shape(shape: torch.Size) -> tuple[int, int]:
+    """The 2-D shape Muon orthogonalises a parameter as: [dim0, product of the other dims]."""
+    rows = shape[0]
+    cols = 1
+    for d in shape[1:]:
+        cols *= d
+    return rows, cols
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for hidden matrices (rank ≥ 2; higher ranks are flattened to [dim0, ∏rest]).
+
+    `ns_dtype` is the Newton–Schulz precision; None picks bf16 on CUDA and fp32 elsewhere (the seed used fp32).
+    State per parameter: `momentum_buffer` (same shape and dtype as the parameter), created at construction.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.012,
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+                 weight_decay: float = 0.0, shape_scaling: bool = False,
+                 ns_dtype: torch.dtype | None = None) -> None:
+        if lr < 0:
+            raise ValueError(f"Muon: lr must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        if ns_steps < 1:
+            raise ValueError(f"Muon: ns_steps must be >= 1, got {ns_steps}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        weight_decay=weight_decay, shape_scaling=shape_scaling)
+        super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon: parameters must have rank >= 2, got shape {tuple(p.shape)}")
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _ns_dtype_for(self, device: torch.device) -> torch.dtype:
+        if self.ns_dtype is not None:
+            return self.ns_dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer signature
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            buckets: dict[tuple, list[Tensor]] = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is not None:
+                    buckets[(as_matrix_shape(p.shape), p.dtype, p.device)].append(p)
+            for (shape, _, device), params in buckets.items():
+                self._update_bucket(group, params, shape, device)
+        return loss
+
+    def _update_bucket(self, group: dict[str, Any], params: list[Tensor], shape: tuple[int, int],
+                       device: torch.device) -> None:
+        """Momentum, Newton–Schulz and the weight update for same-shape parameters, as one batch."""
+        beta = group["momentum"]
+        grads = [p.grad for p in params]
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_lerp_(bufs, grads, 1.0 - beta)              # b_new = β·b_prev + (1−β)·g
+        if group["nesterov"]:
+            # (1+β)·b_new − β·b_prev == β·b_new + (1−β)·g (substitute b_prev), i.e. lerp(g, b_new, β)
+            updates = torch._foreach_lerp(grads, bufs, beta)
+        else:
+            updates = bufs
+        rows, cols = shape
+        stacked = torch.stack([u.reshape(rows, cols) for u in updates])
+        ortho = newton_schulz(stacked, group["ns_steps"], dtype=self._ns_dtype_for(device))
+        lr = group["lr"]
+        lr_eff = lr * max(1.0, rows / cols) ** 0.5 if group["shape_scaling"] else lr
+        if group["weight_decay"] != 0.0:
+            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+        torch._foreach_add_(params, [o.reshape(p.shape) for o, p in zip(ortho.unbind(0), params)], alpha=-lr_eff)
