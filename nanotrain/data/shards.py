@@ -1,0 +1,277 @@
+"""Dataset folders: build one from .rs sources, and read one back (uint16 memmaps + meta.json).
+
+Folder layout: tokenizer.json, train.bin, val.bin, test.bin (uint16 token ids, no header, `<eos>` after every
+file), meta.json, files.tsv (split, sha256, bytes, tokens, path of every kept file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from nanotrain.data import corpus
+from nanotrain.data.tokenizer import EOS_ID, MAX_VOCAB, check_vocab_size, file_sha256, load_tokenizer, train_tokenizer
+from nanotrain.errors import UserError
+
+SCHEMA_VERSION = 1
+REQUIRED_FILES = ("tokenizer.json", "meta.json", "train.bin", "val.bin", "test.bin")
+TOKENIZER_TRAIN_CHARS = 40_000_000  # cap on the text the BPE is trained on (keeps `build` fast; ample for 4k merges)
+ENCODE_CHUNK = 256  # files per encode_batch call
+
+
+def build_dataset(
+    sources: list[Path],
+    out: Path,
+    *,
+    vocab_size: int = 4096,
+    seed: int = 0,
+    split: str = "98/1/1",
+    parse_filter: bool = True,
+    force: bool = False,
+    workers: int | None = None,
+    tokenizer_train_chars: int = TOKENIZER_TRAIN_CHARS,
+    progress: bool = True,
+) -> dict:
+    """Build a dataset folder at `out` from every .rs file under `sources`. Returns the meta dict.
+
+    Written into a temporary sibling and renamed into place, so `out` is never half-written; an existing `out`
+    is replaced only with `force`.
+    """
+    from tqdm import tqdm
+
+    t0 = time.time()
+    out = Path(out)
+    sources = [Path(s) for s in sources]
+    check_vocab_size(vocab_size)
+    fractions = corpus.parse_split(split)
+    workers = max(1, workers or os.cpu_count() or 1)
+    if out.exists() and not force:
+        raise UserError(f"--out {out}: already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+
+    say = print if progress else (lambda *a, **k: None)
+    timings: dict[str, float] = {}
+    col = corpus.collect(sources, progress=progress)
+    timings["collect"] = round(time.time() - t0, 2)
+    say(f"collected {len(col.files)} unique files ({col.seen} .rs seen, {col.duplicates} duplicates, "
+        f"skipped {sum(col.skipped.values())})")
+    files = col.files
+    parse_rejects = 0
+    if parse_filter and files:
+        t_parse = time.time()
+        files, parse_rejects = corpus.parse_filter(files, workers, progress=progress)
+        timings["parse_filter"] = round(time.time() - t_parse, 2)
+        say(f"tree-sitter rejected {parse_rejects} files")
+    if not files:
+        raise UserError(f"--src {', '.join(map(str, sources))}: no usable .rs files left after filtering")
+
+    by_split: dict[str, list[corpus.SourceFile]] = {s: [] for s in corpus.SPLITS}
+    for f in files:
+        by_split[corpus.split_of(f.sha256, seed, fractions)].append(f)
+    for s in corpus.SPLITS:
+        by_split[s].sort(key=lambda f: corpus.order_key(f.sha256, seed))
+    if not by_split["train"]:
+        raise UserError("no file landed in the train split (too few files for --split)")
+
+    # Train the tokenizer on the train split only, capped, in the same deterministic order.
+    train_texts, n_chars = [], 0
+    for f in by_split["train"]:
+        if n_chars >= tokenizer_train_chars:
+            break
+        train_texts.append(f.text)
+        n_chars += len(f.text)
+    say(f"training BPE (vocab {vocab_size}) on {len(train_texts)} files, {n_chars / 1e6:.1f}M chars")
+    t_tok = time.time()
+    tok = train_tokenizer(train_texts, vocab_size)
+    del train_texts
+    timings["tokenizer_train"] = round(time.time() - t_tok, 2)
+    if tok.get_vocab_size() > MAX_VOCAB:
+        raise UserError(f"tokenizer vocab {tok.get_vocab_size()} does not fit uint16")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        t_enc = time.time()
+        tok.save(str(tmp / "tokenizer.json"))
+        splits_meta = {}
+        roundtrip = {"checked": 0, "failed": 0}
+        dropped_roundtrip: list[str] = []
+        total_bytes = sum(f.nbytes for f in files)
+        bar = tqdm(total=total_bytes, desc="encoding", unit="B", unit_scale=True, disable=not progress,
+                   mininterval=0.5)
+        with open(tmp / "files.tsv", "w", encoding="utf-8") as listing:
+            listing.write("split\tsha256\tbytes\ttokens\tpath\n")
+            for s in corpus.SPLITS:
+                n_tok = n_bytes = n_files = 0
+                with open(tmp / f"{s}.bin", "wb") as fbin:
+                    group = by_split[s]
+                    for i in range(0, len(group), ENCODE_CHUNK):
+                        chunk = group[i : i + ENCODE_CHUNK]
+                        encs = tok.encode_batch([f.text for f in chunk], add_special_tokens=False)
+                        ids_list = [e.ids for e in encs]
+                        decoded = tok.decode_batch(ids_list, skip_special_tokens=False)
+                        parts = []
+                        for f, ids, back in zip(chunk, ids_list, decoded):
+                            roundtrip["checked"] += 1
+                            if back != f.text:
+                                roundtrip["failed"] += 1
+                                dropped_roundtrip.append(f.path)
+                                continue
+                            arr = np.empty(len(ids) + 1, dtype=np.uint16)
+                            arr[:-1] = ids
+                            arr[-1] = EOS_ID
+                            parts.append(arr)
+                            n_tok += len(arr)
+                            n_bytes += f.nbytes
+                            n_files += 1
+                            safe_path = f.path.replace("\t", " ").replace("\n", " ")
+                            listing.write(f"{s}\t{f.sha256}\t{f.nbytes}\t{len(arr)}\t{safe_path}\n")
+                        if parts:
+                            np.concatenate(parts).tofile(fbin)
+                        bar.update(sum(f.nbytes for f in chunk))
+                splits_meta[s] = {
+                    "files": n_files,
+                    "bytes": n_bytes,
+                    "tokens": n_tok,
+                    "bytes_per_token": round(n_bytes / n_tok, 4) if n_tok else None,
+                }
+        bar.close()
+        timings["encode_and_verify"] = round(time.time() - t_enc, 2)
+        skipped = Counter({r: 0 for r in corpus.SKIP_REASONS})
+        skipped.update(col.skipped)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "format": {"dtype": "uint16", "header": False, "eos_after_every_file": True},
+            "vocab_size": tok.get_vocab_size(),
+            "pad_id": 0,
+            "eos_id": EOS_ID,
+            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"),
+            "tokenizer_train": {"files": None, "chars": n_chars},
+            "seed": seed,
+            "split": split,
+            "split_fractions": [round(x, 6) for x in fractions],
+            "splits": splits_meta,
+            "files_seen": col.seen,
+            "files_kept": sum(m["files"] for m in splits_meta.values()),
+            "skipped": dict(skipped),
+            "duplicates_dropped": col.duplicates,
+            "parse_filter": parse_filter,
+            "parse_filter_rejects": parse_rejects,
+            "roundtrip": {**roundtrip, "ok": roundtrip["failed"] == 0, "dropped": dropped_roundtrip[:20]},
+            "sources": [_source_entry(s) for s in sources],
+            "build_seconds": None,
+            "timings_seconds": timings,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        meta["tokenizer_train"]["files"] = _count_train_files(by_split["train"], tokenizer_train_chars)
+        meta["build_seconds"] = round(time.time() - t0, 2)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _count_train_files(train: list[corpus.SourceFile], cap: int) -> int:
+    n = chars = 0
+    for f in train:
+        if chars >= cap:
+            break
+        n += 1
+        chars += len(f.text)
+    return n
+
+
+def _source_entry(src: Path) -> dict:
+    """Where the data came from; includes fetch-debian's package manifest (package/version/license) if present."""
+    entry: dict = {"path": str(src.resolve())}
+    manifest = src / "manifest.json"
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text())
+            entry["packages"] = [
+                {k: p.get(k) for k in ("package", "version", "license", "rs_files", "rs_bytes")}
+                for p in m.get("packages", [])
+            ]
+        except (json.JSONDecodeError, AttributeError):
+            entry["manifest_error"] = f"{manifest}: unreadable"
+    return entry
+
+
+class Dataset:
+    """A built dataset folder, validated on open: `.tokenizer`, `.meta`, `.vocab_size`, `.tokens(split)`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(f"{self.folder}: dataset folder not found (build one with `nanotrain data build`)")
+        missing = [n for n in REQUIRED_FILES if not (self.folder / n).is_file()]
+        if missing:
+            raise UserError(f"{self.folder}: not a dataset folder, missing {', '.join(missing)}")
+        try:
+            self.meta = json.loads((self.folder / "meta.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.folder / 'meta.json'}: corrupt JSON ({e})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(
+                f"{self.folder / 'meta.json'}: unknown schema_version {self.meta.get('schema_version') if isinstance(self.meta, dict) else None!r} "
+                f"(expected {SCHEMA_VERSION}; rebuild the dataset)"
+            )
+        try:
+            self.vocab_size = int(self.meta["vocab_size"])
+            counts = {s: int(self.meta["splits"][s]["tokens"]) for s in ("train", "val", "test")}
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.folder / 'meta.json'}: missing vocab_size or split token counts") from None
+        for s, n in counts.items():
+            size = (self.folder / f"{s}.bin").stat().st_size
+            if size != 2 * n:
+                raise UserError(
+                    f"{self.folder / (s + '.bin')}: {size} bytes, but meta.json says {n} tokens ({2 * n} bytes); "
+                    "the dataset is corrupt or incomplete"
+                )
+        self._counts = counts
+        self.tokenizer = load_tokenizer(self.folder / "tokenizer.json")
+        if self.tokenizer.get_vocab_size() != self.vocab_size:
+            raise UserError(
+                f"{self.folder / 'tokenizer.json'}: vocab {self.tokenizer.get_vocab_size()} does not match "
+                f"meta.json vocab_size {self.vocab_size}"
+            )
+        self._tokens: dict[str, np.ndarray] = {}
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The split's token ids as a read-only uint16 memmap (an empty array for an empty split)."""
+        if split not in self._counts:
+            raise UserError(f"split {split!r}: expected one of train, val, test")
+        if split not in self._tokens:
+            if self._counts[split] == 0:
+                self._tokens[split] = np.zeros(0, dtype=np.uint16)
+            else:
+                self._tokens[split] = np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
+        return self._tokens[split]
+
+    def bytes_per_token(self, split: str) -> float:
+        m = self.meta["splits"].get(split) or {}
+        if not m.get("tokens"):
+            return float("nan")
+        return m["bytes"] / m["tokens"]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.folder / "tokenizer.json"
