@@ -4,7 +4,8 @@ This replaces the seed's regex "coherence" heuristics (seed-spec §10.2, kept in
 
 Validity ("rule B", environment.md §3): a sample that ended with EOS is valid iff tree-sitter-rust finds no
 ERROR/MISSING node. A sample cut at the token limit is valid iff every ERROR/MISSING node either reaches the cut
-(`end_byte >= len(code.rstrip())`) or starts on the last, partial line. Two refinements were measured and dropped
+(`end_byte >= len(code.rstrip())`) or starts on the last, partial line (only when the sample has a complete line
+before it: a one-line sample is excused only by errors that reach the cut). Two refinements were measured and dropped
 (600 clean Debian crate files cut at 735/1470 chars, plus copies with one token deleted): taking the opening line of
 an unterminated string as the partial line accepted +1.0/+0.8 points more clean cuts but +1.5/+1.2 points more
 corrupted ones; ignoring trailing comments at the cut: +2.2/+1.3 clean, +6.1/+3.6 corrupted. Neither separates
@@ -258,7 +259,8 @@ def score_sample(text: str, truncated: bool) -> SampleScore:
     if truncated and errs:
         cut = len(code.rstrip())
         last_line = code.rfind(b"\n", 0, cut) + 1
-        valid = all(n.end_byte >= cut or n.start_byte >= last_line for n in errs)
+        # A sample with no complete line gets no last-line excuse: otherwise one line of garbage would pass.
+        valid = all(n.end_byte >= cut or (last_line > 0 and n.start_byte >= last_line) for n in errs)
     lines = code.split(b"\n") if errs else []
     listed = [_describe(n, code, lines) for n in errs[:MAX_LISTED_ERRORS]]
     return SampleScore(

@@ -22,6 +22,7 @@ cache, so a decode step computes z only for the new tokens and reads the K-1 pre
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -69,15 +70,14 @@ def _carry(limbs: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _mul_add_u64(limbs: list[torch.Tensor], mult: int, add: torch.Tensor) -> list[torch.Tensor]:
-    """(limbs * mult + add) mod 2^64 for a Python-int constant `mult` and a non-negative tensor `add`."""
-    m = [(mult >> (LIMB_BITS * j)) & LIMB_MASK for j in range(N_LIMBS)]
+def _mul_add_u64(limbs: list[torch.Tensor], mult: torch.Tensor, add: torch.Tensor) -> list[torch.Tensor]:
+    """(limbs * mult + add) mod 2^64, elementwise. `mult` [N_LIMBS, n_tables] holds each table's multiplier as
+    16-bit limbs and broadcasts over the last dim of `limbs`/`add`; `add` is a non-negative tensor."""
     prod = []
     for k in range(N_LIMBS):
         acc = add if k == 0 else torch.zeros_like(add)
         for j in range(k + 1):
-            if m[j]:
-                acc = acc + limbs[k - j] * m[j]
+            acc = acc + limbs[k - j] * mult[j]
         prod.append(acc)
     # Each partial sum is below 4 * 2^32 + max(add), far inside int64.
     return _carry(prod)
@@ -91,12 +91,36 @@ def _mod_u64(limbs: list[torch.Tensor], modulus: int) -> torch.Tensor:
     return total % modulus
 
 
+@functools.lru_cache(maxsize=32)
+def _multiplier_limbs(orders: tuple[int, ...], heads: int, primes: tuple[int, ...],
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([max_order, N_LIMBS, n_tables] multipliers, [n_tables] orders) for hashing all tables at once, cached.
+
+    Every table runs max(orders) steps so all tables hash in one vectorised pass: a table of order n < max
+    starts with max-n dummy steps that see token 0 and keep h at 0 (0*P + 0), then its real steps k = 0..n-1
+    use P[(i+k) mod 12] as in the seed.
+    """
+    steps = max(orders)
+    table = torch.zeros(steps, N_LIMBS, len(orders) * heads, dtype=torch.long)
+    for order_idx, n in enumerate(orders):
+        for head in range(heads):
+            i = order_idx * heads + head
+            for k in range(n):
+                prime = primes[(i + k) % len(primes)]
+                for j in range(N_LIMBS):
+                    table[steps - n + k, j, i] = (prime >> (LIMB_BITS * j)) & LIMB_MASK
+    # the order of each table, so a table of order n sees token 0 during its max-n dummy steps
+    table_order = torch.tensor([n for n in orders for _ in range(heads)])
+    return table.to(device), table_order.to(device)
+
+
 def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: list[int], heads: int,
                        table_size: int, primes: tuple[int, ...]) -> torch.Tensor:
     """Table indices [B, T, len(orders)*heads] for the tokens `ids` [B, T].
 
     `history` [B, max(orders)-1] holds the tokens just before ids[:, 0] (zeros = before the sequence start);
-    None means the sequence starts at ids[:, 0].
+    None means the sequence starts at ids[:, 0]. All tables are hashed together (a fixed ~100 tensor ops however
+    many tables), which keeps a decode step cheap.
     """
     ids = ids.long()
     ctx = max(orders) - 1
@@ -104,17 +128,15 @@ def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: 
         history = torch.zeros(ids.shape[0], ctx, dtype=torch.long, device=ids.device)
     full = torch.cat((history.long(), ids), dim=1)
     t = ids.shape[1]
-    out = []
-    for order_idx, n in enumerate(orders):
-        for head in range(heads):
-            i = order_idx * heads + head
-            h = _to_limbs(torch.zeros_like(ids))
-            for k in range(n):
-                back = n - 1 - k
-                tok = full[:, ctx - back: ctx - back + t]
-                h = _mul_add_u64(h, primes[(i + k) % len(primes)], tok)
-            out.append(_mod_u64(h, table_size))
-    return torch.stack(out, dim=-1)
+    mult, table_order = _multiplier_limbs(tuple(orders), heads, tuple(primes), ids.device)
+    n_tables = mult.shape[-1]
+    h = _to_limbs(torch.zeros(*ids.shape, n_tables, dtype=torch.long, device=ids.device))
+    for step in range(ctx + 1):
+        back = ctx - step
+        tok = full[:, ctx - back: ctx - back + t].unsqueeze(-1)
+        tok = torch.where(table_order > back, tok, torch.zeros_like(tok))
+        h = _mul_add_u64(h, mult[step], tok)
+    return _mod_u64(h, table_size)
 
 
 def causal_depthwise_conv(z: torch.Tensor, weight: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:

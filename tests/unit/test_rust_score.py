@@ -193,3 +193,10 @@ def test_fast_matching_equals_reference_rule():
         rep = lex_brackets(text)
         got = (rep.pairs, rep.unmatched_open, rep.unmatched_close, rep.mismatched, rep.open_at_end)
         assert got == _reference_match(text), text
+
+
+def test_one_line_of_garbage_is_not_excused_by_the_last_line_rule():
+    garbage = "fn main() { removed calledNErt L1.1 whereSE101>(&imest #[ED,ther128()?; bit [_1direinkSelfth"
+    assert not score_sample(garbage, truncated=True).valid
+    # The same damage after a complete first line, cut mid-statement on the last line, is excused.
+    assert score_sample("fn main() {\n    let x = foo(1, ", truncated=True).valid

@@ -1,0 +1,245 @@
+"""Shared benchmark harness: device facts, FLOP/MFU accounting, timing, tables and atomic JSON results.
+
+Timing rule: on CUDA each variant runs alone (warm-up, then CUDA events around every step, peak memory from the
+allocator); on CPU all variants are built first and their steps are interleaved round by round, so a neighbour
+loading the shared cores slows every variant alike; the median step is reported. On CPU the process CPU time of
+each step is recorded too: on a shared, oversubscribed machine it varies far less than wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from nanotrain.errors import UserError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring; first match wins (anchors.md §1.2).
+PEAK_BF16_FLOPS: list[tuple[tuple[str, ...], float]] = [
+    (("H100", "PCIe"), 756e12),
+    (("H100", "NVL"), 835e12),
+    (("H100",), 989e12),
+    (("H200",), 989e12),
+    (("B200",), 2.25e15),
+    (("A100",), 312e12),
+    (("4090",), 165.2e12),
+]
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a known GPU, or None (CPU, unknown cards: MFU is then not reported)."""
+    for needles, peak in PEAK_BF16_FLOPS:
+        if all(n.lower() in device_name.lower() for n in needles):
+            return peak
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu` or `cuda` from a --device flag; UserError if CUDA is asked for but absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch (use --device cpu)")
+    return torch.device(name)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: name, memory, peak FLOP/s (None on CPU), thread count."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": name, "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda, "peak_bf16_flops": peak_bf16_flops(name)}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "peak_bf16_flops": None}
+
+
+def run_header(device: torch.device, settings: dict[str, Any], schema: str) -> dict[str, Any]:
+    """The common top of every result file (with the 1-minute load average: other work on the machine)."""
+    return {"schema": schema, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": device_info(device), "torch": torch.__version__, "python": platform.python_version(),
+            "settings": settings, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+
+
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """--dtype bf16 → autocast to bfloat16; fp32 → no autocast."""
+    return {"bf16": torch.bfloat16, "fp32": None}[name]
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matmuls: every ≥2-D weight, the tied embedding counted once as the head.
+
+    Engram hash tables are lookups (0 FLOPs) and are left out (anchors.md §1.6).
+    """
+    seen: set[int] = set()
+    total = 0
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or id(p) in seen or ".tables." in name:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def flops_per_token(n_matmul: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6·N_matmul + 12·L·H·hd·T (PaLM appendix B; causal attention counted in full)."""
+    return 6 * n_matmul + 12 * n_layers * n_heads * head_dim * seq_len
+
+
+def mfu(tok_per_s: float, flops_tok: int, peak: float | None) -> float | None:
+    return None if peak is None else tok_per_s * flops_tok / peak
+
+
+@dataclass
+class Variant:
+    """A thing to time. `build()` returns (step, info): `step()` does one unit of work, `info` goes into the JSON."""
+
+    name: str
+    build: Callable[[], tuple[Callable[[], Any], dict[str, Any]]]
+
+
+@dataclass
+class Measurement:
+    name: str
+    info: dict[str, Any]
+    step_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    peak_mem_bytes: int | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.step_ms)
+
+    @property
+    def median_cpu_ms(self) -> float | None:
+        return statistics.median(self.cpu_ms) if self.cpu_ms else None
+
+
+def measure(variants: list[Variant], device: torch.device, warmup: int, steps: int,
+            desc: str = "timing") -> list[Measurement]:
+    """Time every variant: `warmup` untimed units, then `steps` timed ones (see the module docstring)."""
+    if device.type == "cuda":
+        return [_measure_cuda(v, device, warmup, steps, desc) for v in variants]
+    built = []
+    for v in tqdm(variants, desc=f"{desc}: build+warm-up", leave=False, file=sys.stderr):
+        step, info = v.build()
+        for _ in range(warmup):
+            step()
+        built.append((step, Measurement(v.name, info)))
+    for r in tqdm(range(steps), desc=f"{desc}: rounds", leave=False, file=sys.stderr):
+        shift = r % len(built)
+        for step, m in built[shift:] + built[:shift]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            m.step_ms.append((time.perf_counter() - t0) * 1e3)
+            m.cpu_ms.append((time.process_time() - c0) * 1e3)
+    return [m for _, m in built]
+
+
+def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, desc: str) -> Measurement:
+    step, info = v.build()
+    for _ in tqdm(range(warmup), desc=f"{desc}: {v.name} warm-up", leave=False, file=sys.stderr):
+        step()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in tqdm(events, desc=f"{desc}: {v.name}", leave=False, file=sys.stderr):
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize(device)
+    m = Measurement(v.name, info, [s.elapsed_time(e) for s, e in events],
+                    torch.cuda.max_memory_allocated(device))
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return m
+
+
+def process_peak_rss_gib() -> float:
+    """Peak resident memory of this process (Linux reports KiB): on CPU the only memory figure we have."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def gib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**30, 3)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write JSON atomically (temporary sibling, then rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain aligned text table; `columns` are (key, header); floats get 3 significant figures."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str], cfg: Any, flag: str = "--set") -> None:
+    """Apply KEY=VALUE overrides to a config dataclass in place (values parsed as JSON, else kept as strings)."""
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not hasattr(cfg, key):
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE with KEY a {type(cfg).__name__} field")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        setattr(cfg, key, value)
+
+
+def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a benchmark main; a UserError becomes one line `PROG: error: ...` and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

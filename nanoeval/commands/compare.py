@@ -1,0 +1,31 @@
+"""`nanoeval compare`: runs side by side (score reports or checkpoint folders), with bootstrap intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="side-by-side table of runs from score reports or checkpoint folders",
+        description="Print a markdown table comparing runs: params, steps, train loss, val CE, bits/byte, valid "
+                    "rate, bracket balance, distinct-3 (with bootstrap 95%% intervals over samples), causal and "
+                    "inference mode. A checkpoint folder uses its score.json when present (run `nanoeval score` "
+                    "first for generation metrics), else only its training metrics.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="score report JSON files, checkpoint folders or run folders")
+    p.add_argument("--md", type=Path, default=None, help="also write the table to this markdown file")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from nanoeval.report import compare_row, compare_table, write_text
+
+    table = compare_table([compare_row(p) for p in args.paths])
+    print(table, end="")
+    if args.md is not None:
+        write_text(args.md, table)
+        print(f"written: {args.md}")
+    return 0

@@ -1,0 +1,86 @@
+"""`nanoeval generate`: sample a completion from a checkpoint, streamed to the terminal as tokens arrive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The sampling flags shared by `generate` and `score`."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"tokens to generate per sample (default {max_new_tokens})")
+    g.add_argument("--temperature", type=float, default=0.7, help="softmax temperature; 0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=40, help="keep exactly the k most likely tokens; 0 = off (default 40)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the smallest set of tokens with probability >= p; 1 = off (default 1.0)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise tokens already present (CTRL style); 1 = off (default 1.0)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop a sample when its completion contains TEXT (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same text (default 0)")
+    g.add_argument("--inference-mode", choices=("refuse", "bypass"), default="refuse",
+                   help="for checkpoints with non-causal (bidirectional wavefield) layers: refuse (default) or "
+                        "bypass those layers as the original's generator did")
+    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def sampling_config(args):
+    from nanoeval.sample import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a completion for one prompt",
+        description="Generate a completion for --prompt from a checkpoint with the KV-cached sampler. The prompt "
+                    "is echoed, then the completion streams in as it is sampled. Prompt escapes like \\n are "
+                    "NOT interpreted: use real newlines (e.g. $'fn main() {\\n').",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
+    p.add_argument("--prompt", required=True, help="text to continue ('' starts from <eos>, a new file)")
+    add_sampling_args(p, max_new_tokens=128)
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole prefix for every token (the slow reference path)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print tokens as they arrive (default) or only the finished completion")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from nanoeval.load import load
+    from nanoeval.sample import generate
+
+    config = sampling_config(args)
+    loaded = load(args.ckpt, device=args.device)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    shown = [0]
+    # Hold back what could still turn out to be the start of a stop string, or half of a multi-byte character.
+    hold = max((len(s) for s in config.stop), default=1) - 1
+
+    def on_token(_index: int, _token: int, text: str) -> None:
+        ready = min(len(text.rstrip("\ufffd")), len(text) - hold)
+        if ready > shown[0]:
+            out.write(text[shown[0]:ready])
+            out.flush()
+            shown[0] = ready
+
+    result = generate(
+        loaded.model, loaded.tokenizer, [args.prompt], config, use_kv_cache=not args.no_kv_cache,
+        inference_mode=args.inference_mode, on_token=on_token if args.stream else None,
+    )
+    sample = result.samples[0]
+    out.write(sample.text[shown[0]:] + "\n")
+    note = " (prompt cut from the left to fit the context)" if sample.prompt_truncated else ""
+    print(f"[{sample.n_tokens} tokens, finish={sample.finish}, {result.tok_per_s:.1f} tok/s, "
+          f"mode={result.inference_mode}, kv_cache={'on' if result.use_kv_cache else 'off'}]{note}",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,105 @@
+"""`nanoeval score`: held-out loss + generation quality of one checkpoint, written as a score report (JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanoeval.commands.generate import add_sampling_args, sampling_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="held-out CE/bpb + tree-sitter scoring of sampled Rust; writes a score report",
+        description="Score a checkpoint: held-out CE, bits/byte, perplexity and entropy on the dataset's val split "
+                    "(on the causal path sampling uses), then sample completions for a prompt set and score them "
+                    "with tree-sitter (truncation-aware validity, error density), a Rust-aware bracket lexer and "
+                    "distinct-3. Writes the score report JSON (--out, default <ckpt>/score.json) and prints a "
+                    "summary. Checkpoints with non-causal layers need --inference-mode bypass.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
+    p.add_argument("--prompts", default="seed",
+                   help="seed (the original's 15 prompts, default), completions (fn signatures cut from the "
+                        "dataset's test split) or a JSONL file of {\"prompt\": ...} lines")
+    p.add_argument("--n-prompts", type=int, default=30, help="how many completion prompts (default 30)")
+    p.add_argument("--samples-per-prompt", type=int, default=2, help="samples per prompt (default 2)")
+    add_sampling_args(p, max_new_tokens=128)
+    p.add_argument("--batch-size", type=int, default=32, help="samples decoded together (default 32)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset folder for held-out loss and completion prompts (default: the default dataset, "
+                        "if its tokenizer matches the checkpoint's)")
+    p.add_argument("--heldout-tokens", type=int, default=32768,
+                   help="held-out tokens to score (default 32768; 0 = skip held-out loss)")
+    p.add_argument("--out", type=Path, default=None, help="report path (default <ckpt>/score.json)")
+    p.add_argument("--metrics", choices=("default", "seed"), default="default",
+                   help="default, or also the original's heuristic coherence metrics (seed)")
+    p.add_argument("--compile-check", action="store_true",
+                   help="also compile each sample with `rustc --emit=metadata` and report a compile rate "
+                        "(token-limit fragments rarely compile; the rate is strict)")
+    p.set_defaults(func=_run)
+
+
+def resolve_dataset(data: Path | None, loaded, needed: bool):
+    """The dataset for held-out loss: --data, else the default dataset. Its tokenizer must be the checkpoint's."""
+    from nanotrain.data.shards import Dataset
+    from nanotrain.data.tokenizer import file_sha256
+    from nanotrain.errors import UserError
+    from nanotrain.paths import default_dataset_dir
+
+    folder = data if data is not None else default_dataset_dir()
+    if data is None and not folder.is_dir():
+        if not needed:
+            return None
+        raise UserError(f"no --data given and the default dataset {folder} does not exist; pass --data DIR "
+                        "(or --heldout-tokens 0 with seed/file prompts to skip held-out loss)")
+    dataset = Dataset(folder)
+    if file_sha256(dataset.tokenizer_path) != file_sha256(loaded.folder / "tokenizer.json"):
+        flag = "--data" if data is not None else "the default dataset"
+        raise UserError(f"{flag} {folder}: built with a different tokenizer than {loaded.folder}; its held-out "
+                        "tokens would be meaningless to this model (pass the dataset the run was trained on)")
+    return dataset
+
+
+def _run(args) -> int:
+    import time
+
+    import torch
+
+    from nanoeval.heldout import evaluate_heldout
+    from nanoeval.load import load
+    from nanoeval.prompts import resolve_prompts
+    from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
+    from nanoeval.sample import generate, resolve_inference_mode
+    from nanotrain.errors import UserError
+
+    t0 = time.perf_counter()
+    config = sampling_config(args)
+    if args.samples_per_prompt < 1:
+        raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
+    if args.heldout_tokens < 0:
+        raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
+    loaded = load(args.ckpt, device=args.device, dtype=torch.float32)
+    resolve_inference_mode(loaded.model, args.inference_mode)
+    need_data = args.heldout_tokens > 0 or args.prompts == "completions"
+    dataset = resolve_dataset(args.data, loaded, need_data) if need_data else None
+    prompts = resolve_prompts(args.prompts, dataset, n=args.n_prompts)
+    heldout = None
+    if args.heldout_tokens > 0:
+        heldout = evaluate_heldout(loaded.model, dataset, split="val", max_tokens=args.heldout_tokens,
+                                   inference_mode=args.inference_mode, progress=True)
+    batch = [p for p in prompts for _ in range(args.samples_per_prompt)]
+    generation = generate(loaded.model, loaded.tokenizer, batch, config, inference_mode=args.inference_mode,
+                          batch_size=args.batch_size, progress=True)
+    records = score_samples(generation.samples, args.metrics)
+    compile_rate = compile_check(records, progress=True) if args.compile_check else None
+    report = build_score_report(
+        loaded=loaded, heldout=heldout, dataset_path=None if dataset is None else dataset.folder,
+        generation=generation, records=records, prompts_spec=args.prompts,
+        samples_per_prompt=args.samples_per_prompt, metrics=args.metrics, compile_rate=compile_rate,
+        wall_seconds=time.perf_counter() - t0,
+    )
+    out = args.out if args.out is not None else loaded.folder / "score.json"
+    write_json(out, report)
+    print(format_summary(report))
+    print(f"score report: {out}")
+    return 0

@@ -1,0 +1,158 @@
+"""A fast greedy decoder: a one-token decode step with a fixed shape, compiled with CUDA graphs (gpt-fast style).
+
+`GPT.forward(start_pos=p)` takes the position as a Python int and slices its KV cache to `p+1` keys, so every
+step has a new shape: torch.compile would recompile (or re-record a CUDA graph) per position. The step here
+takes the position as a 0-dim device tensor instead: RoPE angles are gathered with `index_select`, the new key
+and value are written with `index_copy_` into the model's own static caches (module buffers, so CUDA graphs are
+not skipped for "mutated inputs"), and attention reads the whole cache under a mask `key_pos <= pos`. One graph
+then serves every position. Prefill runs `GPT.forward(start_pos=0)`, compiled apart with dynamic shapes.
+
+It reuses the model's modules (embedding, mHC, norms, projections, FFN, head) and only re-states the order of a
+block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. Supported: plain
+attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal wavefield and
+LoopLM models keep the eager path: `FastDecoder` falls back to it, as it does when compilation fails, and says why
+in `fallback_reason`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanotrain.model.attention import KVCache, apply_rope
+from nanotrain.model.mhc import collapse_streams, expand_streams
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why `model` cannot use the static decode step (None if it can)."""
+    cfg = model.cfg
+    if cfg.loop_count:
+        return "LoopLM models are not supported by the static decode step"
+    if cfg.engram_layers:
+        return "Engram layers keep int-position caches; not supported by the static decode step"
+    if any(hasattr(b, "wavefield") and not b.noncausal for b in model.blocks):
+        return "causal wavefield layers are not supported by the static decode step"
+    return None
+
+
+class StaticDecodeStep(nn.Module):
+    """One decode step of a GPT at a tensor position: (token [B, 1], pos 0-dim long) -> logits [B, vocab]."""
+
+    def __init__(self, model: nn.Module, bypass_noncausal: bool = False) -> None:
+        super().__init__()
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(reason)
+        self.model = model
+        self.bypass_noncausal = bypass_noncausal
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        at = pos.view(1)
+        rope = (m.rope_cos.index_select(0, at), m.rope_sin.index_select(0, at))
+        streams = expand_streams(m.tok_embed(token), m.cfg.mhc_streams)
+        for block in m.blocks:
+            if not (self.bypass_noncausal and block.noncausal):
+                normed = block.norm_attn(block.mhc_attn.prepare(streams))
+                streams = block.mhc_attn.apply(streams, self._attention(block.attn, block.kv_cache, normed, rope, at))
+            ffn_out = block.ffn(block.norm_ffn(block.mhc_ffn.prepare(streams)))
+            streams = block.mhc_ffn.apply(streams, ffn_out)
+        h = m.norm_final(collapse_streams(streams))
+        return F.linear(h, m.tok_embed.weight.to(h.dtype))[:, -1]
+
+    @staticmethod
+    def _attention(attn: nn.Module, cache: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   at: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q = attn.wq(x).view(b, 1, attn.n_heads, attn.head_dim).transpose(1, 2)
+        k = attn.wk(x).view(b, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+        v = attn.wv(x).view(b, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        cache.k.index_copy_(2, at, k.to(cache.k.dtype))
+        cache.v.index_copy_(2, at, v.to(cache.v.dtype))
+        visible = torch.arange(cache.k.shape[2], device=x.device) <= at
+        out = F.scaled_dot_product_attention(q, cache.k.to(q.dtype), cache.v.to(q.dtype),
+                                             attn_mask=visible.view(1, 1, 1, -1), enable_gqa=True)
+        return attn.wo(out.transpose(1, 2).reshape(b, 1, attn.n_heads * attn.head_dim))
+
+
+class FastDecoder:
+    """Greedy decoding for a fixed batch size and length, compiled on CUDA, eager elsewhere or on failure.
+
+    `compile=None` compiles on CUDA only. After construction `compiled` says which path runs and
+    `fallback_reason` why the static/compiled path is not used (None when it is). The decoder owns the model's
+    decoding caches: if something else (e.g. `nanoeval.sample`) cleared or replaced them in between, the next
+    call sets them up again (on CUDA that re-records the graph).
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, max_len: int, *, compile: bool | None = None,
+                 bypass_noncausal: bool = False) -> None:
+        param = next(model.parameters())
+        self.model, self.batch_size, self.max_len = model.eval(), batch_size, max_len
+        self.device = param.device
+        self.bypass = bypass_noncausal
+        self.fallback_reason: str | None = unsupported_reason(model)
+        self.static = self.fallback_reason is None
+        want_compile = self.device.type == "cuda" if compile is None else compile
+        self.dtype = param.dtype
+        self._setup_caches()
+        self.positions = torch.arange(max_len, device=self.device)
+        self._prefill = self._eager_prefill
+        self._step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
+        self.compiled = False
+        if self.static and want_compile:
+            self._try_compile()
+
+    def _kv_caches(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if isinstance(m, KVCache)]
+
+    def _setup_caches(self) -> None:
+        """Allocate the model's caches and remember them; static addresses let CUDA graphs write them in place."""
+        self.model.setup_cache(self.batch_size, self.max_len, device=self.device, dtype=self.dtype)
+        self._caches = [(c.k, c.v) for c in self._kv_caches()]
+        for k, v in self._caches:
+            torch._dynamo.mark_static_address(k)
+            torch._dynamo.mark_static_address(v)
+
+    def _caches_intact(self) -> bool:
+        return all(c.k is k and c.v is v for c, (k, v) in zip(self._kv_caches(), self._caches))
+
+    def _eager_prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]
+
+    def _try_compile(self) -> None:
+        """Compile prefill (dynamic shapes) and the step (CUDA graphs); warm both up; fall back on any error."""
+        eager_step = self._step
+        try:
+            self._prefill = torch.compile(self._eager_prefill, dynamic=True)
+            self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
+            warm = torch.zeros(self.batch_size, 2, dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                self._prefill(warm)
+                for p in (2, 3, 4):
+                    self._step(warm[:, :1], self.positions[p])
+            self.compiled = True
+        except Exception as e:  # any compiler/backend failure: decoding must still work
+            self._prefill, self._step = self._eager_prefill, eager_step
+            self.fallback_reason = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+    @torch.inference_mode()
+    def generate_greedy(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation of `prompt` [batch_size, T0]; returns the new ids [batch_size, max_new_tokens]."""
+        b, t0 = prompt.shape
+        if b != self.batch_size or t0 + max_new_tokens > self.max_len:
+            raise ValueError(f"decoder was built for batch {self.batch_size} and {self.max_len} positions; "
+                             f"got batch {b}, {t0} + {max_new_tokens} positions")
+        if not self._caches_intact():
+            self._setup_caches()
+        token = self._prefill(prompt).argmax(-1)
+        out = [token]
+        for i in range(max_new_tokens - 1):
+            if self.static:
+                logits = self._step(token[:, None], self.positions[t0 + i])
+            else:
+                logits = self.model(token[:, None], start_pos=t0 + i, bypass_noncausal=self.bypass).logits[:, -1]
+            token = logits.argmax(-1)
+            out.append(token)
+        return torch.stack(out, dim=1)

@@ -1,0 +1,215 @@
+"""`nanotrain run RECIPE`: train one named recipe, resumable, single process or under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nanotrain.errors import UserError
+
+EPILOG = """\
+examples:
+  nanotrain run engram-v1                      # auto scale: full on a GPU, tiny on CPU
+  nanotrain run engram-v1 --steps 100          # pause after 100 steps (schedule unchanged)
+  nanotrain run engram-v1 --resume auto        # continue from the newest checkpoint of runs/engram-v1
+  nanotrain run engram-v2                      # resume runs/engram-v1/final and extend (LR re-warms)
+  nanotrain run engram-v2 --resume-lr jump     # ... reproducing the original's LR jump
+  torchrun --nproc_per_node 2 -m nanotrain run engram-v1   # one run across 2 processes (DDP)
+
+Checkpoints go to OUT/NAME/step_<N>/ every --ckpt-every steps and OUT/NAME/final/ at the end; one JSON line
+per log step goes to OUT/NAME/metrics.jsonl. Ctrl-C saves a checkpoint and exits; --resume auto continues it.
+--batch-size is the global batch (rows per step over all processes), so a run resumes at any world size.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="train a recipe (resumable; DDP under torchrun)",
+        description="Train one named recipe (see `nanotrain recipes`) on a dataset folder and write checkpoints.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", help="recipe name, e.g. engram-v1, baseline-v1, haar-v5, engram-v2")
+    p.add_argument("--scale", choices=["auto", "full", "small", "tiny"], default="auto",
+                   help="model/schedule size: auto = full on a GPU, tiny on CPU (default: auto)")
+    p.add_argument("--data", type=Path, help="dataset folder (default: the default dataset, built on first use)")
+    p.add_argument("--out", type=Path, help="runs folder (default: $NANOLAB_RUNS or ./runs)")
+    p.add_argument("--name", help="run name, i.e. the folder under --out (default: the recipe name)")
+    p.add_argument("--steps", type=int, help="stop after N steps in this invocation (the schedule is unchanged)")
+    p.add_argument("--total-steps", type=int, help="schedule length; larger than a checkpoint's extends the run")
+    p.add_argument("--batch-size", type=int, help="global batch size (rows per step, over all processes)")
+    p.add_argument("--seq-len", type=int, help="training window length in tokens")
+    p.add_argument("--seed", type=int, help="seed for initialisation and the data order")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="checkpoint folder to continue from, or 'auto' for the newest one of this run")
+    p.add_argument("--resume-lr", choices=["rewarm", "jump"],
+                   help="when the schedule changes on resume: ramp from the checkpoint's LR (rewarm, default) "
+                        "or jump straight to the new schedule's LR (the original's behaviour)")
+    p.add_argument("--rewarm-steps", type=int, help="length of the re-warm ramp (default 200)")
+    p.add_argument("--log-every", type=int, help="steps between log lines")
+    p.add_argument("--eval-every", type=int, help="steps between validations (0 = only at the end)")
+    p.add_argument("--ckpt-every", type=int, help="steps between step_<N>/ checkpoints (0 = only final)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], help="autocast bf16 (default) or plain fp32")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop (and checkpoint) after this many minutes of training")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per process (default: torch's choice); 1 is faster when other jobs share the cores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from nanotrain.dist import init_distributed, shutdown
+
+    info = init_distributed(args.device)
+    try:
+        return run(args, info)
+    finally:
+        shutdown(info)
+
+
+def _positive(args: argparse.Namespace) -> None:
+    for flag in ("steps", "total_steps", "batch_size", "seq_len", "rewarm_steps", "log_every", "time_budget",
+                 "threads"):
+        v = getattr(args, flag)
+        if v is not None and v <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} {v}: must be positive")
+    for flag in ("eval_every", "ckpt_every", "seed"):
+        v = getattr(args, flag)
+        if v is not None and v < 0:
+            raise UserError(f"--{flag.replace('_', '-')} {v}: must not be negative")
+
+
+def _resolve_resume(args: argparse.Namespace, recipe: Any, out: Path, run_dir: Path) -> Path | None:
+    """The checkpoint this invocation continues from, or None for a fresh run; UserError on conflicts."""
+    from nanotrain import checkpoint as ckpt
+
+    if args.resume == "auto":
+        latest = ckpt.find_latest(run_dir)
+        if latest is not None:
+            return latest
+        if ckpt.checkpoint_dirs(run_dir):
+            raise UserError(f"--resume auto: {run_dir} holds checkpoint folders but none is complete")
+    elif args.resume is not None:
+        folder = Path(args.resume)
+        ckpt.read_config(folder)
+        ckpt.load_trainer_state(folder)
+        return folder
+    else:
+        existing = ckpt.checkpoint_dirs(run_dir)
+        if existing:
+            what = "a finished run (final/)" if any(p.name == "final" for _, p in existing) else "checkpoints"
+            raise UserError(f"{run_dir}: already holds {what}; pass --resume auto to continue it, "
+                            "or --name NEW to start another run")
+    if recipe.resume_from:
+        source = out / recipe.resume_from / "final"
+        if not source.exists():
+            raise UserError(f"recipe {recipe.name} continues {source}, which does not exist: run "
+                            f"`nanotrain run {recipe.resume_from}` first or pass --resume PATH")
+        ckpt.read_config(source)
+        ckpt.load_trainer_state(source)
+        return source
+    return None
+
+
+def _apply_overrides(args: argparse.Namespace, train_cfg: Any) -> None:
+    for flag, key in (("total_steps", "total_steps"), ("batch_size", "batch_size"), ("seq_len", "seq_len"),
+                      ("seed", "seed"), ("log_every", "log_every"), ("eval_every", "eval_every"),
+                      ("ckpt_every", "ckpt_every"), ("dtype", "dtype"), ("resume_lr", "resume_lr"),
+                      ("rewarm_steps", "rewarm_steps")):
+        v = getattr(args, flag)
+        if v is not None:
+            setattr(train_cfg, key, v)
+    if args.compile:
+        train_cfg.compile = True
+
+
+def run(args: argparse.Namespace, info: Any) -> int:
+    """Resolve recipe, scale, data and resume point; train; print where the result is."""
+    import filecmp
+
+    from nanotrain import checkpoint as ckpt
+    from nanotrain.config import ModelConfig, TrainConfig
+    from nanotrain.data.shards import Dataset
+    from nanotrain.paths import default_runs_dir
+    from nanotrain.recipes import get_recipe
+    from nanotrain.train import Trainer
+
+    say = print if info.is_main else (lambda *a, **k: None)
+    _positive(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recipe = get_recipe(args.recipe)
+    out = args.out or default_runs_dir()
+    run_dir = out / (args.name or recipe.name)
+    source = _resolve_resume(args, recipe, out, run_dir)
+    if source is None and args.resume == "auto":
+        say(f"--resume auto: no checkpoint in {run_dir}; starting a fresh run")
+    saved = ckpt.read_config(source) if source is not None else None
+
+    if saved is not None and saved.get("scale") and args.scale not in ("auto", saved["scale"]):
+        raise UserError(f"--scale {args.scale}: checkpoint {source} was trained at scale {saved['scale']}")
+    if saved is not None and saved.get("scale"):
+        scale = saved["scale"]
+    elif args.scale == "auto":
+        scale = "full" if info.device.type == "cuda" else "tiny"
+        say(f"scale: {scale} (auto: {'GPU found' if scale == 'full' else 'no GPU, training on CPU'})")
+    else:
+        scale = args.scale
+    model_cfg, train_cfg = recipe.build(scale)
+    if saved is not None:
+        saved_model = ModelConfig.from_dict(saved["model"])
+        if saved["recipe"] == recipe.name:
+            train_cfg = TrainConfig.from_dict(saved["train"])
+        elif saved_model != model_cfg:
+            diff = [k for k, v in model_cfg.to_dict().items() if saved["model"].get(k) != v]
+            raise UserError(f"{source}: its model ({saved['recipe']}) differs from recipe {recipe.name} at scale "
+                            f"{scale} in {', '.join(diff)}")
+        model_cfg = saved_model
+    _apply_overrides(args, train_cfg)
+    if train_cfg.seq_len > model_cfg.max_seq_len:
+        raise UserError(f"--seq-len {train_cfg.seq_len}: longer than the model's max_seq_len {model_cfg.max_seq_len}")
+
+    if args.data is not None:
+        dataset = Dataset(args.data)
+    else:
+        from nanotrain.data.default import ensure_default_dataset
+
+        dataset = Dataset(ensure_default_dataset())
+    if dataset.vocab_size != model_cfg.vocab_size:
+        raise UserError(f"dataset {dataset.folder}: tokenizer vocab {dataset.vocab_size} does not match recipe "
+                        f"{recipe.name}'s vocab_size {model_cfg.vocab_size}")
+    if source is not None and not filecmp.cmp(source / ckpt.TOKENIZER_FILE, dataset.tokenizer_path, shallow=False):
+        raise UserError(f"dataset {dataset.folder}: its tokenizer.json differs from the one {source} was trained with")
+
+    trainer = Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=dataset, run_dir=run_dir,
+                      recipe=recipe.name, scale=scale, dist=info, progress=not args.no_progress)
+    if source is not None:
+        trainer.resume(source)
+        say(f"resumed from {source} at step {trainer.step}"
+            + (f" (LR re-warms over {train_cfg.rewarm_steps} steps)" if trainer.resume_step == trainer.step
+               and trainer.start_mult is not None else ""))
+    counts = trainer.model.param_counts()
+    say(f"{recipe.name} [{scale}]: {counts['total'] / 1e6:.2f}M params ({counts['excl_tables'] / 1e6:.2f}M excl. "
+        f"tables), {info.world_size} process(es) on {info.device.type}, batch {train_cfg.batch_size} x "
+        f"{train_cfg.seq_len} tokens, {train_cfg.total_steps} steps, {train_cfg.dtype} -> {run_dir}")
+    budget = args.time_budget * 60.0 if args.time_budget else None
+    try:
+        result = trainer.fit(max_steps=args.steps, time_budget_s=budget)
+    except OSError as e:  # a full disk or a vanished run folder while logging
+        where = f" {e.filename}" if e.filename else ""
+        raise UserError(f"{run_dir}: cannot write{where} ({e.strerror or e})") from None
+    val = ""
+    if result.val:
+        val = f"; val CE {result.val['val_ce']:.4f} nats/token, {result.val['val_bpb']:.4f} bits/byte"
+    if result.finished:
+        say(f"done: {result.checkpoint} (step {result.step}){val}")
+        return 0
+    say(f"stopped at step {result.step} of {train_cfg.total_steps} ({result.reason}): {result.checkpoint}{val}; "
+        f"continue with: nanotrain run {recipe.name} --resume auto"
+        + (f" --name {args.name}" if args.name else "") + (f" --out {args.out}" if args.out else ""))
+    return 130 if result.reason == "interrupted" else 0

@@ -1,0 +1,542 @@
+"""The trainer: compose model, data, optimizers, schedule and checkpoints into one resumable loop.
+
+Implements seed-spec §5.2/§5.3 (objective and what is logged), §6.3 (step order, clipping), §6.6 (NaN handling),
+§7 (WSD schedule) and §9 (checkpoints), with the fixes ARCHITECTURE.md lists: the LR is set *before* each update
+from the step index (warmup from 0), `ce` (true next-token NLL), `entropy` (the seed's "H") and `loss` (the
+objective) are logged separately, a resume restores everything needed to continue bit-for-bit (the batch is a
+pure function of the step), and extending a converged run re-warms the LR instead of jumping.
+
+The parts do not know the trainer: it only calls `GPT.forward`, `Optimizers`, `schedule.lr_multiplier`,
+`WindowLoader.batch` and `checkpoint.save_checkpoint`/`find_latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from nanotrain import checkpoint as ckpt
+from nanotrain.config import ModelConfig, TrainConfig
+from nanotrain.data.loader import WindowLoader, sequential_batches
+from nanotrain.dist import DistInfo, all_reduce_, barrier, wrap_model
+from nanotrain.errors import UserError
+from nanotrain.model.gpt import GPT
+from nanotrain.model.mtp import mtp_loss
+from nanotrain.optim.groups import build_optimizers, clip_grad_norm_, zero_wavefield_physics_grads
+from nanotrain.optim.schedule import lr_multiplier
+
+# Dense bf16 peak FLOP/s of the GPUs we know; MFU is reported only for these (else null).
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12}
+
+
+class TrainingDiverged(UserError):
+    """The loss stayed non-finite through every rollback the NaN guard allows."""
+
+
+@dataclass
+class NanGuard:
+    """Non-finite steps are skipped; `patience` in a row roll back to the last checkpoint with the LR scaled by
+    `lr_factor` for `cooldown` steps; after `max_rollbacks` rollbacks the run aborts (seed-spec §6.6)."""
+
+    patience: int = 3
+    max_rollbacks: int = 3
+    lr_factor: float = 0.5
+    cooldown: int = 100
+    consecutive: int = 0
+    rollbacks: int = 0
+    cooldown_until: int = 0
+    skipped_total: int = 0
+
+    def state(self) -> dict[str, int]:
+        return {"consecutive": self.consecutive, "rollbacks": self.rollbacks,
+                "cooldown_until": self.cooldown_until, "skipped_total": self.skipped_total}
+
+    def load(self, s: dict[str, int]) -> None:
+        self.consecutive = int(s.get("consecutive", 0))
+        self.rollbacks = int(s.get("rollbacks", 0))
+        self.cooldown_until = int(s.get("cooldown_until", 0))
+        self.skipped_total = int(s.get("skipped_total", 0))
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.fit` ended with: the step reached, whether the schedule is complete, the last checkpoint."""
+
+    step: int
+    finished: bool
+    checkpoint: Path | None
+    val: dict[str, float] | None
+    reason: str  # "finished" | "steps" | "time" | "interrupted"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def objective(out: Any, y: torch.Tensor, cfg_label_smoothing: float, mtp_weight: float
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Label-smoothed CE on the main head + mtp_weight·Σ w_i·CE_i of the MTP heads (seed-spec §5.2).
+
+    Head i at position t predicts token t+i+2 (`nanotrain.model.mtp.mtp_loss`: weights [1, 0.5, 0.25], no label
+    smoothing, positions past the end dropped). Returns (loss, parts); parts holds detached `ce` (pure next-token
+    NLL), `entropy` (mean predictive entropy of the main softmax, the seed's "H") and `mtp` (the weighted MTP sum).
+    """
+    logp = F.log_softmax(out.logits.float(), dim=-1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).mean()
+    eps = cfg_label_smoothing
+    loss = (1.0 - eps) * nll - eps * logp.mean() if eps > 0 else nll
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1).mean()
+    mtp = mtp_loss(out.mtp_logits, y) if len(out.mtp_logits) else torch.zeros((), device=y.device)
+    if len(out.mtp_logits):
+        loss = loss + mtp_weight * mtp
+    return loss, {"ce": nll.detach(), "entropy": entropy, "mtp": mtp.detach()}
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in a matmul per token: 2-D+ weights except lookup tables (Engram), with the
+    tied embedding counted once as the output head."""
+    n = 0
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or ".engram.tables." in name or ".engram.table." in name:
+            continue
+        n += p.numel()
+    return n
+
+
+def flops_per_token(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> float:
+    """6·N_matmul + 12·L·H·hd·T: forward+backward matmul FLOPs per trained token (PaLM appendix B style)."""
+    hd = cfg.dim // cfg.n_heads
+    return 6.0 * matmul_params(model) + 12.0 * cfg.n_layers * cfg.n_heads * hd * seq_len
+
+
+def gpu_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in GPU_PEAK_FLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+
+
+class Trainer:
+    """One training run: `fit()` runs until the schedule ends, `max_steps` more steps, a time budget, or Ctrl-C.
+
+    `train_cfg.batch_size` is the GLOBAL batch (rows per step across all ranks), so a run resumes exactly at any
+    world size. `loss_hook(step, loss) -> loss` lets tests poison the loss of a given step (NaN guard).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        dataset: Any,
+        run_dir: str | Path,
+        recipe: str,
+        scale: str | None = None,
+        dist: DistInfo | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+        loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        nan_guard: NanGuard | None = None,
+    ) -> None:
+        self.dist = dist or DistInfo(device=torch.device(device or "cpu"))
+        self.device = self.dist.device if dist is not None else torch.device(device or "cpu")
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.dataset, self.recipe, self.scale = dataset, recipe, scale
+        self.run_dir = Path(run_dir)
+        self.progress = progress and self.dist.is_main
+        self._echo = echo
+        self.loss_hook = loss_hook
+        self.guard = nan_guard or NanGuard()
+        W = self.dist.world_size
+        if train_cfg.dtype not in ("bf16", "fp32"):
+            raise UserError(f"--dtype {train_cfg.dtype}: expected bf16 or fp32")
+        if train_cfg.batch_size % W:
+            raise UserError(f"--batch-size {train_cfg.batch_size}: the global batch must divide by the world size {W}")
+        if dataset.vocab_size > model_cfg.vocab_size:
+            raise UserError(f"dataset {dataset.folder}: vocab {dataset.vocab_size} does not fit the model's "
+                            f"vocab_size {model_cfg.vocab_size}")
+        self.local_batch = train_cfg.batch_size // W
+        torch.manual_seed(train_cfg.seed)
+        random.seed(train_cfg.seed)
+        np.random.seed(train_cfg.seed)
+        self.model = GPT(model_cfg).to(self.device)
+        self.model.train()
+        self.opt = build_optimizers(self.model, train_cfg)
+        self.params = self.opt.parameters()
+        fwd = torch.compile(self.model) if train_cfg.compile else self.model
+        self.fwd = wrap_model(fwd, self.dist, unused_parameters=model_cfg.loop_count > 0)
+        self.loader = WindowLoader(dataset.tokens("train"), train_cfg.seq_len, self.local_batch, train_cfg.seed,
+                                   rank=self.dist.rank, world_size=W)
+        self.has_wavefield = any(".wavefield." in n for n, _ in self.model.named_parameters())
+        self.use_bf16 = train_cfg.dtype == "bf16" and (
+            self.device.type == "cpu" or (self.device.type == "cuda" and torch.cuda.is_bf16_supported()))
+        self.step = 0
+        self.resume_step: int | None = None
+        self.start_mult: float | None = None
+        self.last_train: dict[str, Any] | None = None
+        self.last_val: dict[str, Any] | None = None
+        self.last_checkpoint: Path | None = None
+        self.flops_per_token = flops_per_token(self.model, model_cfg, train_cfg.seq_len)
+        self.peak_flops = gpu_peak_flops(self.device)
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------- helpers
+    def echo(self, msg: str) -> None:
+        if self.dist.is_main:
+            if self.progress:
+                tqdm.write(msg)
+            else:
+                self._echo(msg)
+
+    def schedule_mult(self, step: int) -> float:
+        """The schedule's multiplier for the update that follows `step` (WSD, or the re-warm after a resume)."""
+        return lr_multiplier(step, self.train_cfg, self.resume_step, self.start_mult)
+
+    def lr_mult(self, step: int) -> float:
+        """The multiplier actually applied: the schedule's, scaled down during a NaN-guard cooldown."""
+        return self.schedule_mult(step) * (self.guard.lr_factor if step < self.guard.cooldown_until else 1.0)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything a resume needs besides the weights (saved as trainer_state.pt)."""
+        return {
+            "step": self.step,
+            "optimizer": self.opt.state_dict(),
+            "rng": _rng_state(),
+            "data": {"seed": self.train_cfg.seed, "step": self.step, "global_batch": self.train_cfg.batch_size,
+                     "seq_len": self.train_cfg.seq_len},
+            "schedule": {"total_steps": self.train_cfg.total_steps, "resume_step": self.resume_step,
+                         "start_mult": self.start_mult, "next_mult": self.schedule_mult(self.step)},
+            "nan_guard": self.guard.state(),
+            "world_size": self.dist.world_size,
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self, name: str | None = None) -> Path:
+        """Write `step_<N>/` (or `name`) on rank 0, prune old step folders, and wait for all ranks."""
+        folder = self.run_dir / (name or f"step_{self.step}")
+        if self.dist.is_main:
+            metrics = {"train": self.last_train, "val": self.last_val}
+            ckpt.save_checkpoint(folder, model=self.model, model_cfg=self.model_cfg, train_cfg=self.train_cfg,
+                                 recipe=self.recipe, scale=self.scale, tokenizer_path=self.dataset.tokenizer_path,
+                                 step=self.step, trainer_state=self.trainer_state(), metrics=metrics)
+            if name is None:
+                ckpt.prune_step_checkpoints(self.run_dir, self.train_cfg.keep_last)
+        barrier(self.dist)
+        self.last_checkpoint = folder
+        return folder
+
+    def resume(self, folder: str | Path, trim_log: bool = True) -> None:
+        """Restore weights, optimizer, step, RNG and schedule state from a checkpoint folder.
+
+        If this run's `total_steps` differs from the checkpoint's (extending a finished or decaying run), the LR
+        re-warms from the checkpoint's LR over `rewarm_steps` (`resume_lr="rewarm"`) or jumps (`"jump"`).
+        `trim_log` drops rows past the checkpoint's step from this run's metrics.jsonl (written before a crash),
+        so each step appears once; the NaN guard's rollback keeps them to show what happened.
+        """
+        folder = Path(folder)
+        config = ckpt.read_config(folder)
+        saved_model = ModelConfig.from_dict(config["model"])
+        if saved_model != self.model_cfg:
+            diff = [k for k, v in self.model_cfg.to_dict().items() if saved_model.to_dict().get(k) != v]
+            raise UserError(f"{folder}: checkpoint model config differs from this run's in {', '.join(diff)}")
+        state = ckpt.load_trainer_state(folder)
+        ckpt.load_weights(self.model, load_file(str(folder / ckpt.MODEL_FILE), device=str(self.device)),
+                          folder / ckpt.MODEL_FILE)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        _set_rng_state(state["rng"])
+        self.guard.load(state.get("nan_guard", {}))
+        sched = state["schedule"]
+        if int(sched["total_steps"]) == self.train_cfg.total_steps:
+            self.resume_step, self.start_mult = sched["resume_step"], sched["start_mult"]
+        elif self.train_cfg.resume_lr == "rewarm":
+            self.resume_step, self.start_mult = self.step, float(sched["next_mult"])
+        else:
+            self.resume_step, self.start_mult = None, None
+        ckpt_metrics = folder / ckpt.METRICS_FILE
+        if ckpt_metrics.is_file():
+            try:
+                m = json.loads(ckpt_metrics.read_text())
+                self.last_train, self.last_val = m.get("train"), m.get("val")
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        self.last_checkpoint = folder
+        if trim_log:
+            self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Rewrite metrics.jsonl (atomically) without rows after `self.step` or half-written lines."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.dist.is_main or not path.is_file():
+            return
+
+        def step_of(line: str) -> float:
+            try:
+                return float(json.loads(line)["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                return math.inf
+
+        lines = path.read_text().splitlines()
+        keep = [line for line in lines if step_of(line) <= self.step]
+        if len(keep) != len(lines):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)
+
+    def _rollback(self) -> None:
+        """Reload the newest complete checkpoint of this run and scale the LR down for a while."""
+        self.guard.rollbacks += 1
+        if self.guard.rollbacks > self.guard.max_rollbacks:
+            raise TrainingDiverged(
+                f"loss stayed non-finite after {self.guard.max_rollbacks} rollbacks (step {self.step}); "
+                f"lower the LR or check the data. Last good checkpoint: {ckpt.find_latest(self.run_dir)}")
+        latest = ckpt.find_latest(self.run_dir)
+        if latest is None:
+            raise TrainingDiverged(
+                f"loss was non-finite for {self.guard.patience} steps in a row at step {self.step} and there is "
+                f"no checkpoint in {self.run_dir} to roll back to; lower the LR or lower --ckpt-every")
+        rollbacks, skipped = self.guard.rollbacks, self.guard.skipped_total
+        self.resume(latest, trim_log=False)
+        self.guard.rollbacks, self.guard.skipped_total = rollbacks, skipped
+        self.guard.consecutive = 0
+        self.guard.cooldown_until = self.step + self.guard.cooldown
+        self.echo(f"NaN guard: rolled back to {latest} (step {self.step}); LR x{self.guard.lr_factor} "
+                  f"until step {self.guard.cooldown_until} (rollback {rollbacks}/{self.guard.max_rollbacks})")
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Held-out CE (nats/token), bits/byte and entropy on the val split: the same windows every time."""
+        tokens = self.dataset.tokens("val")
+        T = self.train_cfg.seq_len
+        if len(tokens) < T + 1:
+            return None
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll sum, entropy sum, count
+        batches = sequential_batches(tokens, T, self.local_batch, max_batches=self.train_cfg.eval_batches)
+        for i, (x, y) in enumerate(batches):
+            if i % self.dist.world_size != self.dist.rank:
+                continue
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                logits = self.model(x).logits
+            logp = F.log_softmax(logits.float(), dim=-1)
+            sums[0] += -logp.gather(-1, y.unsqueeze(-1)).sum().double()
+            sums[1] += -(logp.exp() * logp).sum().double()
+            sums[2] += y.numel()
+        self.model.train()
+        all_reduce_(sums, self.dist)
+        ce = (sums[0] / sums[2]).item()
+        bpt = self.dataset.bytes_per_token("val")
+        return {"val_ce": ce, "val_bpb": ce / math.log(2) / bpt, "val_entropy": (sums[1] / sums[2]).item(),
+                "val_tokens": int(sums[2].item())}
+
+    # ----------------------------------------------------------------- the step
+    def _train_step(self, acc: torch.Tensor) -> bool:
+        """One update at `self.step` (0-based count of updates done). Accumulates [loss, ce, entropy, mtp, gnorm,
+        n_ok] into `acc` on the device; returns False if the step was skipped as non-finite. The NaN guard's
+        flag is the only value read back to the host per step."""
+        cfg = self.train_cfg
+        self.opt.set_lr_scale(self.lr_mult(self.step))
+        x, y = self.loader.batch(self.step)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.fwd(x)
+        loss, parts = objective(out, y, cfg.label_smoothing, self.model_cfg.mtp_weight)
+        if self.loss_hook is not None:
+            loss = self.loss_hook(self.step + 1, loss)
+        loss.backward()
+        if self.has_wavefield and self.step < cfg.wavefield_warmup_delay:
+            zero_wavefield_physics_grads(self.model)
+        gnorm = clip_grad_norm_(self.params, cfg.grad_clip)
+        ok = (torch.isfinite(loss.detach()) & torch.isfinite(gnorm)).to(torch.int32)
+        all_reduce_(ok, self.dist, "min")
+        finite = bool(ok.item())
+        if finite:
+            self.opt.step()
+            self.model.after_optimizer_step()
+            acc += torch.stack([loss.detach().float(), parts["ce"].float(), parts["entropy"].float(),
+                                parts["mtp"].float(), gnorm.detach().float(), torch.ones((), device=self.device)])
+            self.guard.consecutive = 0
+        else:
+            self.guard.consecutive += 1
+            self.guard.skipped_total += 1
+        self.opt.zero_grad()
+        self.step += 1
+        return finite
+
+    def _log(self, acc: torch.Tensor, n_steps: int, seconds: float, log_path: Path, skipped: int) -> dict[str, Any]:
+        """Read the accumulated metrics (the only host sync of a log interval) and write one line."""
+        all_reduce_(acc, self.dist, "sum")
+        a = acc.tolist()
+        n_ok = a[5] / self.dist.world_size
+        mean = (lambda i: a[i] / a[5]) if a[5] > 0 else (lambda i: float("nan"))
+        tokens = n_steps * self.train_cfg.batch_size * self.train_cfg.seq_len
+        tok_per_s = tokens / seconds if seconds > 0 else float("nan")
+        mfu = (self.flops_per_token * tok_per_s / (self.peak_flops * self.dist.world_size)
+               if self.peak_flops else None)
+        row = {
+            "kind": "train", "step": self.step, "loss": mean(0), "ce": mean(1), "entropy": mean(2),
+            "mtp": mean(3) if self.model_cfg.mtp_heads else None, "lr": self.train_cfg.lr * self.lr_mult(self.step - 1),
+            "gnorm": mean(4), "tok_per_s": tok_per_s, "mfu": mfu, "step_ms": 1000.0 * seconds / max(n_steps, 1),
+            "skipped": skipped, "steps_ok": int(round(n_ok)), "time": time.time(),
+        }
+        self.last_train = row
+        if self.dist.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(_finite(row)) + "\n")
+            self.echo(f"{row['step']:>7d}  {row['loss']:8.4f}  {row['ce']:7.4f}  {row['lr']:9.6f}  "
+                      f"{row['gnorm']:7.3f}  {tok_per_s:9.0f}" + (f"  skipped {skipped}" if skipped else ""))
+        return row
+
+    def _log_val(self, log_path: Path) -> dict[str, float] | None:
+        val = self.evaluate()
+        if val is None:
+            return None
+        self.last_val = {"kind": "val", "step": self.step, **val, "time": time.time()}
+        if self.dist.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(_finite(self.last_val)) + "\n")
+            self.echo(f"{self.step:>7d}  val CE {val['val_ce']:.4f}  bpb {val['val_bpb']:.4f}")
+        return val
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self, *, max_steps: int | None = None, time_budget_s: float | None = None) -> TrainResult:
+        """Train from `self.step` to `total_steps` (or `max_steps` more, or until the time budget / Ctrl-C).
+
+        Checkpoints every `ckpt_every` steps (`step_<N>/`), at the end (`final/`), and when stopped early.
+        """
+        cfg = self.train_cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "metrics.jsonl"
+        target = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + max_steps)
+        if self.step >= cfg.total_steps:
+            raise UserError(f"{self.run_dir}: already at step {self.step} of {cfg.total_steps}; "
+                            "pass a larger --total-steps to extend the run")
+        history: list[dict[str, Any]] = []
+        acc = torch.zeros(6, device=self.device)
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress, desc=self.recipe,
+                   unit="step", dynamic_ncols=True, leave=False)
+        self.echo(f"{'Step':>7}  {'Loss':>8}  {'CE':>7}  {'LR':>9}  {'gnorm':>7}  {'tok/s':>9}")
+        old_handler = self._install_sigint()
+        reason = "finished"
+        t_start = t_log = time.time()
+        steps_since_log = skipped_since_log = 0
+        try:
+            while self.step < target:
+                finite = self._train_step(acc)
+                steps_since_log += 1
+                if not finite:
+                    skipped_since_log += 1
+                    if self.guard.consecutive >= self.guard.patience:
+                        self._rollback()
+                        acc.zero_()
+                        steps_since_log = skipped_since_log = 0
+                        t_log = time.time()
+                        bar.n = self.step
+                        bar.refresh()
+                        continue
+                bar.update(1)
+                boundary = self.step % cfg.log_every == 0 or self.step == target
+                if boundary:
+                    row = self._log(acc, steps_since_log, time.time() - t_log, log_path, skipped_since_log)
+                    history.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
+                    acc.zero_()
+                    steps_since_log = skipped_since_log = 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.total_steps:
+                    self._log_val(log_path)
+                if boundary:
+                    t_log = time.time()
+                if self.step < cfg.total_steps and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+                if self._should_stop(t_start, time_budget_s, boundary):
+                    reason = "interrupted" if self._stop_requested else "time"
+                    break
+            else:
+                reason = "finished" if self.step >= cfg.total_steps else "steps"
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            bar.close()
+        if steps_since_log:
+            history.append(self._log(acc, steps_since_log, time.time() - t_log, log_path, skipped_since_log))
+        if self.last_val is not None and self.last_val.get("step") == self.step:
+            val = {k: v for k, v in self.last_val.items() if k.startswith("val_")}
+        else:
+            val = self._log_val(log_path)
+        if reason == "finished":
+            folder = self.save("final")
+        elif self.last_checkpoint is not None and self.last_checkpoint.name == f"step_{self.step}":
+            folder = self.last_checkpoint
+        else:
+            folder = self.save()
+        return TrainResult(self.step, reason == "finished", folder, val, reason, history)
+
+    def _install_sigint(self):
+        """First Ctrl-C: finish the current step, checkpoint and stop. Second Ctrl-C: the default behaviour."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):  # noqa: ANN001 - signal handler signature
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.echo("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _should_stop(self, t_start: float, budget: float | None, boundary: bool) -> bool:
+        """Ctrl-C or time budget. On several ranks the decision is shared at log boundaries only, so every rank
+        stops at the same step without a per-step collective."""
+        want = self._stop_requested or (budget is not None and time.time() - t_start >= budget)
+        if not self.dist.enabled:
+            return want
+        if not boundary:
+            return False
+        flag = torch.tensor([int(want)], device=self.device)
+        all_reduce_(flag, self.dist, "max")
+        return bool(flag.item())
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: non-finite floats become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

@@ -1,0 +1,59 @@
+"""The demo app must never open anything outside the runs folder it was started with. These are the tricky
+spellings the HTTP tests in tests/integration/test_app.py do not send: a sibling folder sharing the prefix,
+`..` after a valid run, a symlinked checkpoint inside a run, NUL bytes, and run names for the metrics tab.
+The checkpoint is a copy of the committed tests/regression/ckpt_v1, so nothing is trained here."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanotrain.errors import UserError
+
+from regression import spec
+
+if str(spec.REPO) not in sys.path:
+    sys.path.insert(0, str(spec.REPO))
+
+from apps.demo import discover_checkpoints, resolve_checkpoint, resolve_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Path:
+    """base/runs/good/final (a real checkpoint), base/runs-evil/final and base/secret/final outside it, and
+    base/runs/good/step_9 -> base/secret/final (a symlinked checkpoint leaving the folder)."""
+    base = tmp_path_factory.mktemp("app_paths")
+    for where in ("runs/good/final", "runs-evil/final", "secret/final"):
+        shutil.copytree(spec.CKPT_V1, base / where)
+    (base / "runs" / "good" / "step_9").symlink_to(base / "secret" / "final", target_is_directory=True)
+    return base
+
+
+def test_valid_checkpoint_inside_the_runs_folder_resolves(layout):
+    runs = layout / "runs"
+    assert resolve_checkpoint(runs, "good/final") == (runs / "good" / "final").resolve()
+    assert [e.name for e in discover_checkpoints(runs)] == ["good/final"]  # the symlinked step_9 is not offered
+
+
+@pytest.mark.parametrize("choice", [
+    "../runs-evil/final", "RUNS_EVIL_ABS", "good/../../secret/final", "good/final/../../../secret/final",
+    "good/step_9", "/", "..", "good/final\x00",
+], ids=["sibling-prefix", "sibling-prefix-absolute", "dotdot-after-run", "dotdot-after-ckpt",
+        "symlinked-ckpt", "root", "parent", "nul-byte"])
+def test_checkpoint_outside_the_runs_folder_is_refused_with_one_line(layout, choice):
+    runs = layout / "runs"
+    if choice == "RUNS_EVIL_ABS":
+        choice = str(layout / "runs-evil" / "final")
+    with pytest.raises(UserError) as info:
+        resolve_checkpoint(runs, choice)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("run", ["..", "../runs-evil", str(Path("/etc")), "good/../..", "", "good\x00"],
+                         ids=["parent", "sibling", "absolute", "dotdot", "empty", "nul"])
+def test_metrics_run_outside_the_runs_folder_is_refused(layout, run):
+    with pytest.raises(UserError):
+        resolve_run(layout / "runs", run)

@@ -1,0 +1,273 @@
+"""The benchmark scripts run at micro size and write valid JSON; the reference model and harness are correct.
+
+Micro runs override the recipe's shapes (`--set dim=32 ...`) so each script finishes in a few seconds on CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+MICRO = ["--set", "dim=32", "--set", "n_layers=2", "--set", "n_heads=4", "--set", "n_kv_heads=2",
+         "--set", "max_seq_len=64"]
+
+
+def load(name: str):
+    """Import a benchmark script as a module (they live outside the packages)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"nanolab_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load("reference")
+
+
+@pytest.fixture(scope="module")
+def common():
+    return load("common")
+
+
+def tiny_ref_cfg(reference, **kw):
+    base = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=48)
+    return reference.RefConfig(**{**base, **kw})
+
+
+def test_reference_kv_decode_matches_recompute(reference):
+    torch.manual_seed(0)
+    model = reference.RefGPT(tiny_ref_cfg(reference)).eval()
+    prompt = torch.randint(0, 97, (2, 5))
+    fast = reference.generate_greedy(model, prompt, 12)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            logits, _ = model(seq)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(fast, seq[:, 5:])
+
+
+def test_reference_chunked_prefill_matches_full_forward(reference):
+    """A multi-token chunk at start_pos > 0 sees exactly the keys a full causal forward would."""
+    torch.manual_seed(1)
+    model = reference.RefGPT(tiny_ref_cfg(reference)).eval()
+    idx = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        full, _ = model(idx)
+        model.setup_cache(1, 20)
+        first, _ = model(idx[:, :8], start_pos=0)
+        second, _ = model(idx[:, 8:], start_pos=8)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_newton_schulz_matches_per_matrix_and_orthogonalises(reference):
+    torch.manual_seed(2)
+    stack = torch.randn(3, 16, 40)
+    batched = reference.newton_schulz(stack)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], reference.newton_schulz(stack[i:i + 1])[0], rtol=1e-5, atol=1e-5)
+    # The quintic drives singular values into roughly [0.7, 1.2] (it is not an exact polar factor).
+    sv = torch.linalg.svdvals(batched)
+    assert sv.min() > 0.5 and sv.max() < 1.3
+    tall = reference.newton_schulz(stack.mT)
+    torch.testing.assert_close(tall, batched.mT, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_muon_trains_and_groups_by_shape(reference):
+    torch.manual_seed(3)
+    model = reference.RefGPT(tiny_ref_cfg(reference, mtp_heads=2))
+    opt = reference.BatchedMuon(model)
+    shapes = sorted(tuple(g[0].shape) for g in opt.groups)
+    assert shapes == sorted([(32, 32), (16, 32), (64, 32), (32, 64)])  # wq+wo, wk+wv, gate+up, down
+    x = torch.randint(0, 97, (4, 24))
+    losses = [reference.train_step(model.loss, model, opt, x, x.roll(-1, 1), None).item() for _ in range(6)]
+    assert losses[-1] < losses[0]
+
+
+def test_reference_loss_includes_weighted_mtp(reference):
+    torch.manual_seed(4)
+    cfg = tiny_ref_cfg(reference, mtp_heads=2, mtp_weight=0.2)
+    model = reference.RefGPT(cfg)
+    x, y = torch.randint(0, 97, (2, 10)), torch.randint(0, 97, (2, 10))
+    logits, mtp = model(x)
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 97), y.view(-1), label_smoothing=0.1)
+    for i, head in enumerate(mtp):
+        expected = expected + 0.2 * 0.5 ** i * torch.nn.functional.cross_entropy(
+            head[:, :-(i + 1)].reshape(-1, 97), y[:, i + 1:].reshape(-1))
+    torch.testing.assert_close(model.loss(x, y), expected)
+
+
+def test_peak_table_and_flops(common):
+    assert common.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert common.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert common.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert common.peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert common.peak_bf16_flops("NVIDIA GeForce RTX 4090") == 165.2e12
+    assert common.peak_bf16_flops("Intel(R) Xeon(R) Processor") is None
+    assert common.flops_per_token(1000, 2, 4, 8, 16) == 6 * 1000 + 12 * 2 * 4 * 8 * 16
+    assert common.mfu(100.0, 10, None) is None
+    assert math.isclose(common.mfu(100.0, 10, 1000.0), 1.0)
+
+
+def test_matmul_params_counts_tied_head_once_and_skips_tables(common):
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.proj = torch.nn.Linear(4, 4, bias=True)
+            self.engram = torch.nn.Module()
+            self.engram.tables = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(7, 3))])
+
+    assert common.matmul_params(Toy()) == 10 * 4 + 4 * 4
+
+
+def test_write_json_is_atomic_and_leaves_no_temp(common, tmp_path):
+    out = common.write_json(tmp_path / "sub" / "r.json", {"a": 1})
+    assert json.loads(out.read_text()) == {"a": 1}
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]
+    with pytest.raises(TypeError):
+        common.write_json(out, {"bad": object()})
+    assert json.loads(out.read_text()) == {"a": 1}
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]
+
+
+def test_measure_interleaves_on_cpu(common):
+    calls = []
+    variants = [common.Variant(n, lambda n=n: (lambda: calls.append(n), {"n": n})) for n in "abc"]
+    ms = common.measure(variants, torch.device("cpu"), warmup=1, steps=3)
+    assert [m.name for m in ms] == ["a", "b", "c"] and all(len(m.step_ms) == 3 for m in ms)
+    assert calls[:3] == ["a", "b", "c"]               # warm-up
+    assert calls[3:] == list("abc" "bca" "cab")        # rounds rotate the order
+
+
+def micro_ref_matmul_params(vocab: int = 4096, dim: int = 32, layers: int = 2, mtp: int = 3) -> int:
+    """Matmul weights of the MICRO shapes, counted by hand: wq, wk, wv, wo, 3 SwiGLU (hidden 128), tied head, MTP."""
+    per_layer = dim * dim + 2 * (16 * dim) + dim * dim + 3 * dim * 128
+    return vocab * dim + layers * per_layer + mtp * vocab * dim
+
+
+def test_bench_train_micro_writes_valid_json(tmp_path):
+    bench_train = load("bench_train")
+    out = tmp_path / "train.json"
+    assert bench_train.main(MICRO + ["--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1",
+                                     "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["schema"] == "nanolab.bench_train/1"
+    assert result["device"]["type"] == "cpu" and result["device"]["peak_bf16_flops"] is None
+    assert result["torch"] == torch.__version__
+    rows = {r["name"]: r for r in result["results"]}
+    assert list(rows) == ["nanotrain", "reference-adamw", "reference-muon"]
+    expected_matmul = micro_ref_matmul_params()
+    for r in rows.values():
+        assert r["matmul_params"] == expected_matmul
+        assert r["flops_per_token"] == 6 * expected_matmul + 12 * 2 * 4 * 8 * 16
+        assert len(r["step_ms_all"]) == 2 and r["step_ms"] > 0 and r["mfu"] is None
+        assert math.isclose(r["tok_per_s"], 2 * 16 / (r["step_ms"] / 1e3), rel_tol=1e-3)
+    ours = rows["nanotrain"]["tok_per_s"]
+    for ref in ("reference-adamw", "reference-muon"):
+        assert math.isclose(result["ratios"][f"nanotrain/{ref}"], ours / rows[ref]["tok_per_s"], abs_tol=2e-3)
+
+
+def test_bench_train_recipes_mode(tmp_path):
+    bench_train = load("bench_train")
+    out = tmp_path / "recipes.json"
+    args = ["--set", "dim=32", "--set", "n_heads=4", "--set", "n_kv_heads=2", "--set", "engram_table_size=61",
+            "--recipes", "baseline,engram-v1,haar-v5", "--batch-size", "1", "--seq-len", "16", "--steps", "1",
+            "--warmup", "0", "--out", str(out)]
+    assert bench_train.main(args) == 0
+    result = json.loads(out.read_text())
+    assert [r["name"] for r in result["results"]] == ["baseline", "engram-v1", "haar-v5"]
+    assert set(result["ratios"]) == {"engram-v1/baseline", "haar-v5/baseline"}
+    assert result["results"][1]["params"] > result["results"][0]["params"]  # the Engram tables
+
+
+def test_bench_decode_micro_writes_valid_json(tmp_path):
+    bench_decode = load("bench_decode")
+    out = tmp_path / "decode.json"
+    assert bench_decode.main(MICRO + ["--new-tokens", "6", "--batch-sizes", "1,2", "--repeats", "1",
+                                      "--warmup", "0", "--fastdecode", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["schema"] == "nanolab.bench_decode/1"
+    names = [(r["name"], r["batch"]) for r in result["results"]]
+    assert names == [("sampler-kv", 1), ("sampler-recompute", 1), ("reference-kv", 1), ("fastdecode", 1),
+                     ("sampler-kv", 2), ("reference-kv", 2), ("fastdecode", 2)]
+    assert all(r["tok_per_s"] > 0 for r in result["results"])
+    fast = [r for r in result["results"] if r["name"] == "fastdecode"]
+    assert all(r["compiled"] is False and r["fallback_reason"] is None for r in fast)
+    assert result["settings"]["context"] >= result["settings"]["prompt_tokens"] + 6
+    assert set(result["ratios"]) == {"B1:sampler-kv/sampler-recompute", "B1:sampler-kv/reference-kv",
+                                     "B1:fastdecode/sampler-kv", "B2:sampler-kv/reference-kv",
+                                     "B2:fastdecode/sampler-kv"}
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("bench_train", ["--steps", "0"], "--steps 0: must be at least 1"),
+    ("bench_train", ["--set", "no_such_field=1"], "--set 'no_such_field=1'"),
+    ("bench_train", ["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    ("bench_train", ["--seq-len", "100000"], "--seq-len 100000: longer than the model's context"),
+    ("bench_train", ["--seq-len", "16", "--only", "nanotrain,bogus"], "--only nanotrain,bogus: unknown variant(s) bogus"),
+    ("bench_decode", ["--batch-sizes", "1,x"], "--batch-sizes 1,x: expected a comma list of integers"),
+    ("bench_decode", ["--tokenizer", "/nonexistent/tokenizer.json"], "tokenizer file not found"),
+    ("bench_decode", ["--new-tokens", "100000"], "exceed the largest context"),
+])
+def test_user_mistakes_are_one_line_exit_2(script, args, message, capsys):
+    module = load(script)
+    common = load("common")
+    assert common.run_cli(f"{script}.py", module.main, MICRO + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{script}.py: error: ") and message in err[0], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_a_gpu_is_a_user_error(capsys):
+    common = load("common")
+    assert common.run_cli("bench_train.py", load("bench_train").main, ["--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe, static", [("baseline-v1", True), ("haar-v5", True), ("engram-v1", False)])
+def test_fastdecode_matches_incremental_forward(recipe, static):
+    """The static tensor-position step decodes exactly what GPT.forward(start_pos=...) decodes (fp32, CPU)."""
+    from nanoeval.fastdecode import FastDecoder
+    from nanotrain.model.gpt import GPT
+    from nanotrain.recipes import get_recipe
+
+    cfg, _ = get_recipe(recipe).build("tiny")
+    cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size = 32, 4, 2, 64, 300
+    cfg.engram_table_size = 61
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    bypass = not model.is_causal
+    prompt = torch.randint(2, 300, (3, 7))
+    decoder = FastDecoder(model, 3, 27, bypass_noncausal=bypass)
+    assert decoder.static is static and decoder.compiled is False
+    assert (decoder.fallback_reason is None) is static
+    got = decoder.generate_greedy(prompt, 20)
+    model.setup_cache(3, 27)
+    with torch.inference_mode():
+        token = model(prompt, start_pos=0, bypass_noncausal=bypass).logits[:, -1].argmax(-1)
+        expected = [token]
+        for i in range(19):
+            token = model(token[:, None], start_pos=7 + i, bypass_noncausal=bypass).logits[:, -1].argmax(-1)
+            expected.append(token)
+    assert torch.equal(got, torch.stack(expected, 1))
+    with pytest.raises(ValueError, match="built for batch 3"):
+        decoder.generate_greedy(prompt[:2], 4)
+
+
+def test_scripts_have_help():
+    for script in ("bench_train", "bench_decode"):
+        with pytest.raises(SystemExit) as exit_info:
+            load(script).build_parser().parse_args(["--help"])
+        assert exit_info.value.code == 0
