@@ -22,7 +22,6 @@ cache, so a decode step computes z only for the new tokens and reads the K-1 pre
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -91,10 +90,9 @@ def _mod_u64(limbs: list[torch.Tensor], modulus: int) -> torch.Tensor:
     return total % modulus
 
 
-@functools.lru_cache(maxsize=32)
-def _multiplier_limbs(orders: tuple[int, ...], heads: int, primes: tuple[int, ...],
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """([max_order, N_LIMBS, n_tables] multipliers, [n_tables] orders) for hashing all tables at once, cached.
+def hash_tables(orders: list[int], heads: int, primes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([max_order, N_LIMBS, n_tables] multipliers, [n_tables] orders): the constants for hashing all tables at once
+    (the model keeps them as buffers, so a decode step builds nothing).
 
     Every table runs max(orders) steps so all tables hash in one vectorised pass: a table of order n < max
     starts with max-n dummy steps that see token 0 and keep h at 0 (0*P + 0), then its real steps k = 0..n-1
@@ -111,7 +109,7 @@ def _multiplier_limbs(orders: tuple[int, ...], heads: int, primes: tuple[int, ..
                     table[steps - n + k, j, i] = (prime >> (LIMB_BITS * j)) & LIMB_MASK
     # the order of each table, so a table of order n sees token 0 during its max-n dummy steps
     table_order = torch.tensor([n for n in orders for _ in range(heads)])
-    return table.to(device), table_order.to(device)
+    return table, table_order
 
 
 def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: list[int], heads: int,
@@ -119,18 +117,23 @@ def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: 
     """Table indices [B, T, len(orders)*heads] for the tokens `ids` [B, T].
 
     `history` [B, max(orders)-1] holds the tokens just before ids[:, 0] (zeros = before the sequence start);
-    None means the sequence starts at ids[:, 0]. All tables are hashed together (a fixed ~100 tensor ops however
-    many tables), which keeps a decode step cheap.
+    None means the sequence starts at ids[:, 0].
     """
+    mult, table_order = hash_tables(orders, heads, primes)
+    return hash_indices(ids, history, mult.to(ids.device), table_order.to(ids.device), table_size)
+
+
+def hash_indices(ids: torch.Tensor, history: torch.Tensor | None, mult: torch.Tensor, table_order: torch.Tensor,
+                 table_size: int) -> torch.Tensor:
+    """`ngram_hash_indices` with the constants of `hash_tables` given. All tables are hashed together (a fixed
+    ~100 tensor ops however many tables), which keeps a decode step cheap."""
     ids = ids.long()
-    ctx = max(orders) - 1
+    ctx = mult.shape[0] - 1
     if history is None:
         history = torch.zeros(ids.shape[0], ctx, dtype=torch.long, device=ids.device)
     full = torch.cat((history.long(), ids), dim=1)
     t = ids.shape[1]
-    mult, table_order = _multiplier_limbs(tuple(orders), heads, tuple(primes), ids.device)
-    n_tables = mult.shape[-1]
-    h = _to_limbs(torch.zeros(*ids.shape, n_tables, dtype=torch.long, device=ids.device))
+    h = _to_limbs(torch.zeros(*ids.shape, mult.shape[-1], dtype=torch.long, device=ids.device))
     for step in range(ctx + 1):
         back = ctx - step
         tok = full[:, ctx - back: ctx - back + t].unsqueeze(-1)

@@ -22,7 +22,7 @@ from torch import nn
 from nanotrain.config import ModelConfig
 from nanotrain.errors import UserError
 from nanotrain.model.attention import Attention, KVCache, rope_tables
-from nanotrain.model.engram import Engram, hash_primes, ngram_hash_indices
+from nanotrain.model.engram import Engram, hash_indices, hash_primes, hash_tables
 from nanotrain.model.loop import SharedLoopBlock
 from nanotrain.model.mhc import MHCLite, collapse_streams, expand_streams
 from nanotrain.model.mlp import SwiGLU
@@ -141,7 +141,9 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("id_cache", None, persistent=False)
-        self.primes = hash_primes(cfg.engram_primes)
+        mult, order = hash_tables(cfg.engram_orders, cfg.engram_heads, hash_primes(cfg.engram_primes))
+        self.register_buffer("engram_mult", mult, persistent=False)
+        self.register_buffer("engram_order", order, persistent=False)
 
     def local_blocks(self) -> list[Block]:
         """The ordinary blocks in depth order (all blocks, or LoopLM's local_before + local_after)."""
@@ -216,8 +218,7 @@ class GPT(nn.Module):
             lo = max(0, start_pos - ctx)
             if start_pos > lo:
                 history[:, ctx - (start_pos - lo):] = self.id_cache[:b, lo:start_pos]
-        return ngram_hash_indices(idx, history, cfg.engram_orders, cfg.engram_heads, cfg.engram_table_size,
-                                  self.primes)
+        return hash_indices(idx, history, self.engram_mult, self.engram_order, cfg.engram_table_size)
 
     def forward(self, idx: torch.Tensor, *, start_pos: int | None = None,
                 bypass_noncausal: bool = False) -> ModelOutput:
