@@ -16,6 +16,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -199,8 +200,9 @@ class Trainer:
         self.model.train()
         self.opt = build_optimizers(self.model, train_cfg)
         self.params = self.opt.parameters()
+        self.compiled = train_cfg.compile
         fwd = torch.compile(self.model) if train_cfg.compile else self.model
-        self.fwd = wrap_model(fwd, self.dist, unused_parameters=model_cfg.loop_count > 0)
+        self.fwd = wrap_model(fwd, self.dist, unused_parameters=self.model.has_unused_parameters)
         self.loader = WindowLoader(dataset.tokens("train"), train_cfg.seq_len, self.local_batch, train_cfg.seed,
                                    rank=self.dist.rank, world_size=W)
         self.has_wavefield = any(".wavefield." in n for n, _ in self.model.named_parameters())
@@ -371,6 +373,21 @@ class Trainer:
                 "val_tokens": int(sums[2].item())}
 
     # ----------------------------------------------------------------- the step
+    def _forward(self, x: torch.Tensor) -> Any:
+        """The model's forward; with --compile, a compile failure on the first call falls back to eager (said
+        once on stderr) instead of ending the run."""
+        if not self.compiled:
+            return self.fwd(x)
+        try:
+            out = self.fwd(x)
+        except Exception as e:  # inductor/dynamo failures come as many types
+            print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "continuing without --compile", file=sys.stderr)
+            self.fwd = wrap_model(self.model, self.dist, unused_parameters=self.model.has_unused_parameters)
+            out = self.fwd(x)
+        self.compiled = False
+        return out
+
     def _train_step(self, acc: torch.Tensor) -> bool:
         """One update at `self.step` (0-based count of updates done). Accumulates [loss, ce, entropy, mtp, gnorm,
         n_ok] into `acc` on the device; returns False if the step was skipped as non-finite. The NaN guard's
@@ -380,7 +397,7 @@ class Trainer:
         x, y = self.loader.batch(self.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self._autocast():
-            out = self.fwd(x)
+            out = self._forward(x)
         loss, parts = objective(out, y, cfg.label_smoothing, self.model_cfg.mtp_weight)
         if self.loss_hook is not None:
             loss = self.loss_hook(self.step + 1, loss)

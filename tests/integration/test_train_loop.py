@@ -226,3 +226,19 @@ def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(fixture_dataset, tmp_path):
 def test_time_budget_stops_with_a_checkpoint(fixture_dataset, tmp_path):
     res = make(fixture_dataset, tmp_path / "run").fit(time_budget_s=1e-9)
     assert res.reason == "time" and res.step == 1 and res.checkpoint == tmp_path / "run" / "step_1"
+
+
+def test_compile_failure_falls_back_to_eager_with_the_same_losses(fixture_dataset, tmp_path, monkeypatch, capsys):
+    eager = make(fixture_dataset, tmp_path / "eager").fit()
+
+    def broken_compile(model, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("inductor: no C compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fallback = make(fixture_dataset, tmp_path / "fallback", tcfg=train_cfg(compile=True)).fit()
+    assert fallback.finished
+    assert [r["loss"] for r in fallback.history] == pytest.approx([r["loss"] for r in eager.history], abs=1e-6)
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed") == 1 and "no C compiler found" in err
