@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.nanolab-installed
 
-.PHONY: setup quickstart test test-all test-slow bench browser clean-runs
+.PHONY: setup quickstart test test-all test-slow bench browser
 
 setup: $(STAMP)
 
