@@ -35,7 +35,8 @@ from nanotrain.errors import UserError
 INFERENCE_MODES = ("refuse", "bypass")
 
 TokenCallback = Callable[[int, int, str], None]
-"""Called as `on_token(sample_index, token_id, text_so_far)` for every token a sample generates."""
+"""Called as `on_token(sample_index, token_id, text_so_far)` for every token a sample generates; `text_so_far`
+leaves out a trailing incomplete UTF-8 character (it appears once a later token completes it)."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,9 @@ def _extend(sample: Sample, token: int, tokenizer, config: SamplingConfig, on_to
             sample.text = sample.text[: min(cuts)]
             sample.finish = "stop"
     if on_token is not None:
-        on_token(index, token, sample.text)
+        # A byte-level token can end mid-character: hold back the trailing replacement characters until the
+        # next tokens complete them, so every streamed text is a prefix of the final one.
+        on_token(index, token, sample.text.rstrip("\ufffd"))
     if sample.finish:
         return False
     if sample.n_tokens >= config.max_new_tokens:

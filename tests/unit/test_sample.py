@@ -206,3 +206,19 @@ def test_noncausal_model_is_refused_unless_bypassed(haar):
     assert texts(cached) == texts(recomputed)
     with pytest.raises(UserError, match="inference-mode"):
         generate(haar.model, haar.tokenizer, PROMPTS, GREEDY, inference_mode="ignore")
+
+
+def test_streamed_text_holds_back_an_incomplete_character():
+    from nanoeval.sample import Sample, SamplingConfig, _extend
+
+    class ByteTokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    seen = []
+    sample = Sample(prompt="")
+    config = SamplingConfig(max_new_tokens=10)
+    for token in "a€".encode():  # 'a' then the three bytes of '€'
+        _extend(sample, token, ByteTokenizer(), config, lambda i, t, text: seen.append(text), 0)
+    assert seen == ["a", "a", "a", "a€"]
+    assert all(sample.text.startswith(s) for s in seen)
