@@ -22,14 +22,6 @@ def tiny_cfg() -> ModelConfig:
                        mtp_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on shared cores: one thread is far faster than two that wait
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nanotrain.data.tokenizer import train_tokenizer

@@ -20,15 +20,6 @@ SPEC_COUNTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded; 2 threads on a shared, loaded 2-core box spin for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str, **changes) -> ModelConfig:
     cfg, _ = get_recipe(name).build("tiny")
     return dataclasses.replace(cfg, **changes)

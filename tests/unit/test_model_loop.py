@@ -10,15 +10,6 @@ from nanotrain.model import GPT
 from nanotrain.recipes import get_recipe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def loop_model(loops: int = 3) -> GPT:
     cfg, _ = get_recipe("looplm").build("tiny")
     cfg = dataclasses.replace(cfg, dim=64, n_heads=4, n_kv_heads=2, vocab_size=101, max_seq_len=32,

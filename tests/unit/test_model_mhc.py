@@ -2,20 +2,11 @@
 
 import dataclasses
 
-import pytest
 import torch
 
 from nanotrain.model import GPT
 from nanotrain.model.mhc import MHCLite, collapse_streams, expand_streams
 from nanotrain.recipes import get_recipe
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_model(init: str) -> GPT:

@@ -2,21 +2,11 @@
 
 import math
 
-import pytest
 import torch
 
 from nanotrain.model import GPT, mtp_loss
 from nanotrain.model.mtp import mtp_weights
 from nanotrain.recipes import get_recipe
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_weights_follow_the_seed():

@@ -2,22 +2,12 @@
 
 import dataclasses
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from nanotrain.model import GPT
 from nanotrain.model.quant import TernaryLinear, quantize_activations, ternary_weight
 from nanotrain.recipes import get_recipe
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_ternary_weight_groups_of_128_take_values_minus_s_zero_s():

@@ -11,15 +11,6 @@ from nanotrain.model.wavefield import (WavefieldAttention, haar_forward, haar_in
 from nanotrain.recipes import get_recipe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def layer_cfg(mode: str):
     cfg, _ = get_recipe("haar-v5").build("tiny")
     return dataclasses.replace(cfg, wavefield_mode=mode, dim=64, n_heads=4, max_seq_len=64,

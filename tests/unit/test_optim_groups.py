@@ -21,14 +21,6 @@ from nanotrain.optim.groups import (
 V, D = 64, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # Parameter names from docs/DEVELOPING.md with small shapes, and the group each must land in.
 NAMED_SHAPES = {
     "tok_embed.weight": ((V, D), "lion"),

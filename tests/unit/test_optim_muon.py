@@ -10,15 +10,6 @@ from nanotrain.optim.muon import Muon, newton_schulz
 A, B, C = 3.4445, -4.7750, 2.0315
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ref_newton_schulz(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """One matrix, straight from the spec: transpose if tall, divide by ‖X‖_F unless ≤ 1e-7, iterate."""
     X = x.clone()
