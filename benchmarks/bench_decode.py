@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanotrain.recipes import get_recipe
 
     device = common.resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     cuda = device.type == "cuda"
     args.scale = args.scale or ("full" if cuda else "tiny")
     args.repeats = args.repeats if args.repeats is not None else (5 if cuda else 3)

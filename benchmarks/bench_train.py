@@ -219,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanotrain.errors import UserError
 
     device = common.resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     if args.recipes:
         args.recipes = recipe_list(args.recipes)
     resolve_settings(args)
