@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our forward (as the Trainer's compile option does) and the reference's "
                         "forward+loss; compile time is untimed")
+    p.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (implies --compile); reduce-overhead captures CUDA graphs, which is "
+                        "what small batches need on a GPU")
+    p.add_argument("--fwd-bwd-only", action="store_true",
+                   help="time forward + loss + backward only (no clip, no optimiser step): the model's own "
+                        "throughput, without the optimiser update")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (default bf16)")
     p.add_argument("--recipes", nargs="?", const="all", default=None, metavar="LIST",
                    help="instead of the reference comparison, time our step for each recipe in the comma list "
@@ -109,20 +116,31 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
         model = GPT(model_cfg).to(device)
         model.train()
         opts = build_optimizers(model, train_cfg)
-        fwd = torch.compile(model) if args.compile else model
+        fwd = compile_fn(model, args)
         x, y = random_batch(model_cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
-        step = make_our_step(fwd, model, opts, train_cfg, x, y, common.autocast_dtype(args.dtype))
+        step = make_our_step(fwd, model, opts, train_cfg, x, y, common.autocast_dtype(args.dtype),
+                             args.fwd_bwd_only)
         info = {"recipe": recipe, "scale": scale, **model_info(model, model_cfg, args.seq_len)}
         return step, info
     return common.Variant(name, build)
 
 
-def make_our_step(fwd, model, opts, train_cfg, x, y, amp) -> Callable[[], Any]:
+def compile_fn(fn, args):
+    """`fn` compiled as --compile / --compile-mode ask, else `fn` itself."""
+    import torch
+
+    if not args.compile:
+        return fn
+    return torch.compile(fn) if args.compile_mode in (None, "default") else torch.compile(fn, mode=args.compile_mode)
+
+
+def make_our_step(fwd, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False) -> Callable[[], Any]:
     """One update as `nanotrain.train.Trainer._train_step` does it, from the same public parts.
 
     LR scale, autocast forward, `nanotrain.train.objective`, backward, clip over all params, the NaN guard's
     finite check (read back to the host, as the Trainer does), optimiser step, post-step clamps, metric
     accumulation on the device, zero grads. Batches come ready on the device (the loader is not timed).
+    `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else.
     """
     import torch
 
@@ -138,6 +156,9 @@ def make_our_step(fwd, model, opts, train_cfg, x, y, amp) -> Callable[[], Any]:
             out = fwd(x)
         loss, parts = objective(out, y, train_cfg.label_smoothing, model.cfg.mtp_weight)
         loss.backward()
+        if fwd_bwd_only:
+            opts.zero_grad()
+            return loss.detach()
         gnorm = clip_grad_norm_(params, train_cfg.grad_clip)
         ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
         if bool(ok.item()):
@@ -162,11 +183,13 @@ def reference_variant(recipe: str, scale: str, overrides: list[str], args, devic
         torch.manual_seed(args.seed)
         model = reference.RefGPT(cfg).to(device)
         opt = reference.adamw(model.parameters()) if optimiser == "adamw" else reference.BatchedMuon(model)
-        loss_fn = torch.compile(model.loss) if args.compile else model.loss
+        loss_fn = compile_fn(model.loss, args)
         x, y = random_batch(cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
         amp = common.autocast_dtype(args.dtype)
 
         def step():
+            if args.fwd_bwd_only:
+                return reference.forward_backward(loss_fn, model, x, y, amp)
             return reference.train_step(loss_fn, model, opt, x, y, amp, train_cfg.grad_clip)
         info = {"recipe": recipe, "scale": scale, "optimiser": optimiser, **model_info(model, cfg, args.seq_len)}
         return step, info
@@ -200,6 +223,7 @@ def resolve_settings(args) -> None:
 
     cuda = args.device == "cuda"
     args.scale = args.scale or ("full" if cuda else "tiny")
+    args.compile = args.compile or args.compile_mode is not None
     args.steps = args.steps if args.steps is not None else (20 if cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     first = args.recipes[0] if args.recipes else args.recipe
@@ -240,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
             variants = [v for v in variants if v.name in wanted]
     settings = {k: getattr(args, k) for k in ("recipe", "scale", "batch_size", "seq_len", "steps", "warmup",
-                                              "compile", "dtype", "seed")}
+                                              "compile", "compile_mode", "fwd_bwd_only", "dtype", "seed")}
     settings["recipes"] = args.recipes
     settings["overrides"] = args.set
     result = common.run_header(device, settings, "nanolab.bench_train/1")
@@ -259,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = result["device"]
     print(f"device: {dev['name']} ({dev['type']}{', %s threads' % dev['threads'] if 'threads' in dev else ''}), "
           f"torch {result['torch']}, {args.scale} scale, B={args.batch_size} T={args.seq_len}, {args.dtype}"
-          f"{', compiled' if args.compile else ''}, median of {args.steps} steps")
+          f"{', compiled' if args.compile else ''}{' (%s)' % args.compile_mode if args.compile_mode else ''}"
+          f"{', forward+backward only' if args.fwd_bwd_only else ''}, median of {args.steps} steps")
     print(common.format_table(rows, [("name", "variant"), ("params", "params"), ("step_ms", "step ms"),
                                      ("tok_per_s", "tok/s"), ("cpu_step_ms", "CPU-time ms"), ("mfu", "MFU"),
                                      ("peak_mem_gib", "peak GiB")]))

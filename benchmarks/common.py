@@ -169,6 +169,7 @@ def measure(variants: list[Variant], device: torch.device, warmup: int, steps: i
 
 
 def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, desc: str) -> Measurement:
+    t0 = time.perf_counter()
     step, info = v.build()
     for _ in tqdm(range(warmup), desc=f"{desc}: {v.name} warm-up", leave=False, file=sys.stderr):
         step()
@@ -182,6 +183,10 @@ def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, des
     torch.cuda.synchronize(device)
     m = Measurement(v.name, info, [s.elapsed_time(e) for s, e in events],
                     torch.cuda.max_memory_allocated(device))
+    # One line per variant as it finishes, so a run cut off by a time limit still leaves what it measured.
+    print(f"[{desc}] {v.name}: median {m.median_ms:.2f} ms/unit over {steps} "
+          f"(build + {warmup} warm-up: {time.perf_counter() - t0 - sum(m.step_ms) / 1e3:.1f} s)", file=sys.stderr,
+          flush=True)
     del step
     gc.collect()
     torch.cuda.empty_cache()

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark set in one call (about 8 minutes on one H100/H200), for a session with a lent GPU:
+# The whole GPU benchmark set in one call (at most 9.5 minutes on one H100/H200), for a session with a lent GPU:
 #   1. train, full baseline-v1 shapes, B=16 T=1024, compiled: nanotrain vs reference AdamW vs reference batched Muon
 #   2. the same at the seed's batch, B=2, eager (a second compile of three models would not fit the budget)
-#   3. full-scale recipes at B=16, eager: baseline-v1, engram-v1, haar-v5 as ratios to baseline
+#   3. full-scale recipes at B=16 and at the seed's B=2, eager: engram-v1 and haar-v5 as ratios to baseline-v1
+#      (the B=2 step times give the wall time of the original session's four runs)
 #   4. decode at 256 new tokens, batch 1 and 64: sampler (KV cache / recompute), reference loop, compiled fastdecode
+#   5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Usage: bash benchmarks/gpu_check.sh      (PY=python3 by default; the repo is put on PYTHONPATH)
@@ -28,10 +30,14 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...
   fi
 }
 
-step train_b16 270 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
+step train_b16 220 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
   --steps 15 --warmup 3
-step train_b2 60 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --steps 20 --warmup 3
-step train_recipes 90 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
-  --recipes baseline,baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
-step decode 150 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1
+step train_b2 45 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --steps 20 --warmup 3
+step recipes_b16 70 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
+  --recipes baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
+step recipes_b2 45 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+  --recipes baseline-v1,engram-v1,haar-v5 --steps 15 --warmup 3
+step decode 110 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1
+step fwdbwd_b2_graphs 75 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+  --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"

@@ -266,3 +266,13 @@ def train_step(loss_fn, model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor,
     opt.step()
     opt.zero_grad()
     return loss.detach()
+
+
+def forward_backward(loss_fn, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Loss (autocast) and backward, then zero grads: the model's share of a step, without the optimiser."""
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        loss = loss_fn(x, y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.detach()
