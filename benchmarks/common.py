@@ -182,7 +182,7 @@ def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, des
         end.record()
     torch.cuda.synchronize(device)
     m = Measurement(v.name, info, [s.elapsed_time(e) for s, e in events],
-                    torch.cuda.max_memory_allocated(device))
+                    peak_mem_bytes=torch.cuda.max_memory_allocated(device))
     # One line per variant as it finishes, so a run cut off by a time limit still leaves what it measured.
     print(f"[{desc}] {v.name}: median {m.median_ms:.2f} ms/unit over {steps} "
           f"(build + {warmup} warm-up: {time.perf_counter() - t0 - sum(m.step_ms) / 1e3:.1f} s)", file=sys.stderr,

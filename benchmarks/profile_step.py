@@ -1,0 +1,208 @@
+"""Where a training step's time goes: per-phase times of nanotrain's step and the reference's, plus top kernels.
+
+Phases (each bracketed by CUDA events on a GPU, perf_counter + synchronise on CPU): forward (autocast), objective +
+backward, clip, optimiser step, post-step clamps, zero grads. The reference step is split the same way (its
+forward includes the loss). After the timed steps one more step of ours runs under torch.profiler and the
+heaviest operators by device time (GPU) or CPU time are printed, with the number of operator calls per step,
+which tells a launch-bound step (many small kernels) from a compute-bound one.
+
+Usage: python benchmarks/profile_step.py --device cuda --scale full --batch-size 2 [--compile] [--recipe R]
+Output is text on stdout (and JSON with --out); it is a diagnostic, not a benchmark of record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="profile_step.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--recipe", default="baseline-v1")
+    p.add_argument("--scale", choices=["tiny", "small", "full"], default=None,
+                   help="default: tiny on cpu, full on cuda")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our forward and the reference's loss")
+    p.add_argument("--no-reference", action="store_true", help="profile ours only")
+    p.add_argument("--top", type=int, default=20, help="operators to list (default 20)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
+    p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    return p
+
+
+class PhaseTimer:
+    """Collects named intervals; CUDA events on a GPU (read once at the end), wall clock + sync on CPU."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.cuda = torch, device.type == "cuda"
+        self.marks: list[tuple[str, object, object]] = []
+
+    def _now(self):
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def phase(self, name, fn):
+        t0 = self._now()
+        r = fn()
+        self.marks.append((name, t0, self._now()))
+        return r
+
+    def results(self) -> dict[str, float]:
+        """Median milliseconds per phase name."""
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        by: dict[str, list[float]] = {}
+        for name, a, b in self.marks:
+            by.setdefault(name, []).append(a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
+        return {k: round(statistics.median(v), 3) for k, v in by.items()}
+
+
+def our_step(args, device):
+    import torch
+
+    import bench_train as bt
+    from nanotrain.model.gpt import GPT
+    from nanotrain.optim.groups import build_optimizers, clip_grad_norm_
+    from nanotrain.train import objective
+
+    mc, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
+    torch.manual_seed(0)
+    model = GPT(mc).to(device).train()
+    opts = build_optimizers(model, tc)
+    fwd = torch.compile(model) if args.compile else model
+    x, y = bt.random_batch(mc.vocab_size, args.batch_size, args.seq_len, device, 0)
+    params = opts.parameters()
+
+    def step(t: PhaseTimer):
+        opts.set_lr_scale(1.0)
+
+        def forward():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return fwd(x)
+        out = t.phase("forward", forward)
+
+        def backward():
+            loss, _ = objective(out, y, tc.label_smoothing, mc.mtp_weight)
+            loss.backward()
+            return loss
+        loss = t.phase("objective+backward", backward)
+        gnorm = t.phase("clip", lambda: clip_grad_norm_(params, tc.grad_clip))
+        ok = t.phase("finite check (host read)",
+                     lambda: bool((torch.isfinite(loss.detach()) & torch.isfinite(gnorm)).item()))
+        if ok:
+            t.phase("optimiser step", opts.step)
+            t.phase("post-step clamps", model.after_optimizer_step)
+        t.phase("zero grads", opts.zero_grad)
+    return step
+
+
+def reference_step(args, device):
+    import torch
+
+    import bench_train as bt
+    import reference
+
+    mc, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
+    cfg = reference.RefConfig.from_model_config(mc, label_smoothing=tc.label_smoothing)
+    torch.manual_seed(0)
+    model = reference.RefGPT(cfg).to(device)
+    opt = reference.BatchedMuon(model)
+    loss_fn = torch.compile(model.loss) if args.compile else model.loss
+    x, y = bt.random_batch(cfg.vocab_size, args.batch_size, args.seq_len, device, 0)
+
+    def step(t: PhaseTimer):
+        def forward():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return loss_fn(x, y)
+        loss = t.phase("forward", forward)
+        t.phase("objective+backward", loss.backward)
+        t.phase("clip", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip, foreach=True))
+        t.phase("optimiser step", opt.step)
+        t.phase("zero grads", opt.zero_grad)
+    return step
+
+
+def time_phases(name, step, args, device) -> dict[str, float]:
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step(PhaseTimer(device))
+    built = time.perf_counter() - t0
+    timer = PhaseTimer(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step(timer)
+    if device.type == "cuda":
+        import torch
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / args.steps * 1e3
+    res = timer.results()
+    res["sum of phases"] = round(sum(res.values()), 3)
+    res["wall per step"] = round(wall, 3)
+    print(f"\n{name}  (warm-up incl. build/compile {built:.1f} s)")
+    for k, v in res.items():
+        print(f"  {k:28s} {v:10.2f} ms")
+    return res
+
+
+def top_ops(step, args, device) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step(PhaseTimer(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    ka = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    n_calls = sum(e.count for e in ka if e.key.startswith("aten::"))
+    kernels = sum(e.count for e in ka if getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA")) if device.type == "cuda" else None
+    print(f"\naten operator calls in one step of ours: {n_calls}" +
+          (f"; device kernels: {kernels}" if kernels is not None else ""))
+    print(ka.table(sort_by=key, row_limit=args.top, max_name_column_width=60))
+    return {"aten_calls": n_calls, "device_kernels": kernels}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    import bench_train as bt
+
+    device = common.resolve_device(args.device)
+    args.scale = args.scale or ("full" if device.type == "cuda" else "tiny")
+    _, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
+    args.seq_len = args.seq_len or tc.seq_len
+    print(f"device {common.device_info(device)['name']}, torch {torch.__version__}, {args.recipe} {args.scale}, "
+          f"B={args.batch_size} T={args.seq_len}, bf16 autocast{', compiled' if args.compile else ', eager'}")
+    out = {"settings": vars(args) | {"out": str(args.out)}}
+    ours = our_step(args, device)
+    out["nanotrain"] = time_phases("nanotrain (Muon+Lion)", ours, args, device)
+    out["nanotrain_profile"] = top_ops(ours, args, device)
+    del ours
+    if not args.no_reference:
+        out["reference"] = time_phases("reference (batched Muon + AdamW)", reference_step(args, device), args, device)
+    if args.out:
+        common.write_json(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_cli("profile_step.py", main))
