@@ -7,6 +7,12 @@ Streams are held as one tensor X [N, B, T, dim] (stream first). Per sub-layer (`
   doubly stochastic matrix: N=2 uses [[a, 1-a], [1-a, a]] with a = sigmoid(alpha_logit) (residual before mixing,
   seed fix 95be2f9); N>2 uses a Sinkhorn-normalised exp(mix_logits).
 - collapse(X): the mean of the streams (before the final norm).
+prepare and apply are written as matrix products over the flattened streams ([N, B*T*dim]), so the gradients of
+the per-stream gains and of the mix are matrix products too, not whole-tensor reductions: torch.compile (torch
+2.11, H200) turned those reductions, fused with the neighbouring norm, into ~7 ms kernels at B=16, T=1024 (the
+compiled step took 640 ms against 204 ms eager), and in eager mode the products need fewer passes over the
+streams. When torch.compile traces for the CPU the broadcast form is kept: there Inductor fuses it well and
+compiles the matrix form badly (see `_broadcast_form`).
 N=1 is a plain residual stream: prepare is the identity and apply is x + o (no parameters).
 
 Initialisation (`mhc_init`):
@@ -23,6 +29,8 @@ stochastic mix preserves it, so that one alpha_logit never gets a gradient (in t
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -48,6 +56,24 @@ def sinkhorn(logits: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
         log_m = log_m - log_m.logsumexp(dim=1, keepdim=True)
         log_m = log_m - log_m.logsumexp(dim=0, keepdim=True)
     return log_m.exp()
+
+
+def _broadcast_form(streams: torch.Tensor) -> bool:
+    """Whether to write prepare/apply as broadcast products + sums instead of matrix products.
+
+    Only when torch.compile traces for the CPU: Inductor fuses the broadcast form into a few loops (16.5 ms for one
+    fp32 block forward+backward at [2, 16, 256, 256] on the 2-core machine, against 68.8 ms for the compiled matrix
+    form), while eager mode runs the matrix form faster (21.9 vs 43.9 ms), and on an H200 Inductor's kernels for the
+    broadcast form's gradient reductions took ~7 ms each at B=16, T=1024.
+    """
+    return streams.device.type == "cpu" and torch.compiler.is_compiling()
+
+
+def _no_autocast(t: torch.Tensor):
+    """The stream arithmetic stays in the streams' dtype (fp32) even inside a bf16 autocast region."""
+    if t.device.type not in ("cpu", "cuda"):  # meta tensors (shape checks) have no autocast
+        return contextlib.nullcontext()
+    return torch.autocast(t.device.type, enabled=False)
 
 
 class MHCLite(nn.Module):
@@ -79,20 +105,29 @@ class MHCLite(nn.Module):
         return sinkhorn(self.mix_logits)
 
     def prepare(self, streams: torch.Tensor) -> torch.Tensor:
-        """X [N, B, T, dim] -> the sub-layer input [B, T, dim]."""
+        """X [N, B, T, dim] -> the sub-layer input [B, T, dim]: sum_i h_pre[i] X[i]."""
         if self.n_streams == 1:
             return streams[0]
-        h_pre = torch.sigmoid(self.pre_logits + self.pre_bias)
-        return (h_pre.view(-1, 1, 1, 1) * streams).sum(dim=0)
+        h_pre = torch.sigmoid(self.pre_logits + self.pre_bias).to(streams.dtype)
+        if _broadcast_form(streams):
+            return (h_pre.view(-1, 1, 1, 1) * streams).sum(dim=0)
+        with _no_autocast(streams):
+            return torch.mm(h_pre.view(1, -1), streams.view(self.n_streams, -1)).view(streams.shape[1:])
 
     def apply(self, streams: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Add h_post[i]*out to stream i, then mix the streams."""
+        """Add h_post[i]*out to stream i, then mix: M (X + h_post out^T) = M X + (M h_post) out^T."""
         if self.n_streams == 1:
             return streams + out.unsqueeze(0)
+        n = self.n_streams
         h_post = 2 * torch.sigmoid(self.post_logits + self.post_bias)
-        written = streams + h_post.view(-1, 1, 1, 1) * out.unsqueeze(0)
-        mix = self.mixing_matrix().to(written.dtype)
-        return (mix.view(self.n_streams, self.n_streams, 1, 1, 1) * written.unsqueeze(0)).sum(dim=1)
+        with _no_autocast(streams):
+            mix = self.mixing_matrix().to(streams.dtype)
+            if _broadcast_form(streams):
+                written = streams + h_post.to(streams.dtype).view(-1, 1, 1, 1) * out.unsqueeze(0)
+                return (mix.view(n, n, 1, 1, 1) * written.unsqueeze(0)).sum(dim=1)
+            gain = (mix @ h_post.to(streams.dtype)).view(n, 1)
+            mixed = torch.addmm(torch.mm(mix, streams.view(n, -1)), gain, out.reshape(1, -1).to(streams.dtype))
+        return mixed.view(streams.shape)
 
     @torch.no_grad()
     def clamp_(self) -> None:

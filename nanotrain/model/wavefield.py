@@ -142,8 +142,9 @@ class WavefieldAttention(nn.Module):
         """The seed's bidirectional path: scatter to the field, Haar filter, couple heads, gather."""
         scat = self.scatter_s[: s.shape[1]].to(s.dtype)
         field = torch.einsum("tf,bthd->bhdf", scat, s)
-        coeffs = self.kernel_haar_coeffs.float()[None, :, None, :]
-        filtered = haar_inverse(coeffs * haar_forward(field.float(), self.levels), self.levels)
+        wide = torch.promote_types(field.dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
+        coeffs = self.kernel_haar_coeffs.to(wide)[None, :, None, :]
+        filtered = haar_inverse(coeffs * haar_forward(field.to(wide), self.levels), self.levels)
         coupled = torch.einsum("hg,bgdf->bhdf", self.coupling().to(filtered.dtype), filtered)
         return torch.einsum("tf,bhdf->bthd", scat, coupled)
 
