@@ -242,3 +242,4 @@ def test_compile_failure_falls_back_to_eager_with_the_same_losses(fixture_datase
     assert [r["loss"] for r in fallback.history] == pytest.approx([r["loss"] for r in eager.history], abs=1e-6)
     err = capsys.readouterr().err
     assert err.count("torch.compile failed") == 1 and "no C compiler found" in err
+    assert err.count("torch.compile of the loss failed") == 1
