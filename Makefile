@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 # The main job: fetch Debian Rust sources, build the dataset, train engram-v1 (tiny on CPU, full on a GPU),
 # then score the final checkpoint with tree-sitter and held-out loss. Re-running continues an interrupted run
-# and skips a finished one. --compile: about 1.5-1.8x faster on this CPU (falls back to eager if it fails).
+# and skips a finished one. On a CPU the run compiles itself (auto: >= 200 steps; falls back to eager if it fails).
 quickstart: setup
-	test -d runs/engram-v1/final || $(BIN)/nanotrain run engram-v1 --resume auto --compile
+	test -d runs/engram-v1/final || $(BIN)/nanotrain run engram-v1 --resume auto
 	$(BIN)/nanoeval score --ckpt runs/engram-v1/final --out runs/engram-v1/score.json
 
 # Fast tests (a few minutes on 2 cores). Slow tests: make test-slow.

@@ -97,3 +97,23 @@ def test_broken_init_gives_alpha_a_gradient_and_the_streams_diverge():
     with torch.no_grad():
         streams = streams_after_first_block(model, torch.randint(0, 97, (2, 9)))
     assert (streams[0] - streams[1]).abs().max() > 1e-3
+
+
+def test_matrix_and_broadcast_forms_agree_in_value_and_gradient(monkeypatch):
+    """prepare/apply have two forms (matrix products; broadcast products when compiling for the CPU): same maths."""
+    import nanotrain.model.mhc as mhc
+
+    def run(broadcast: bool, n: int):
+        monkeypatch.setattr(mhc, "_broadcast_form", lambda streams: broadcast)
+        torch.manual_seed(0)
+        m = MHCLite(n)
+        streams = torch.randn(n, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+        out = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+        m = m.double()
+        y = m.apply(streams, out * m.prepare(streams))
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+        return [y.detach(), streams.grad, out.grad] + [p.grad for p in m.parameters()]
+
+    for n in (2, 3):
+        for a, b in zip(run(False, n), run(True, n)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
