@@ -23,8 +23,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from nanotrain.errors import UserError
 
 MAX_LISTED_ERRORS = 50
@@ -70,7 +68,7 @@ _SKIP = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _BLOCK_EDGE = re.compile(rb"/\*|\*/")
-_NOT_BRACKET = re.compile(rb"[^()\[\]{}]+")
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"()[]{}")))  # bytes.translate deletes these
 _REDUCE_ROUNDS = 32
 
 
@@ -141,7 +139,7 @@ def _code_brackets(code: bytes, rep: BracketReport) -> bytes:
                 rep.unterminated, rep.unterminated_at = "string", m.start()
             pos = m.end()
     parts.append(code[pos:])
-    return _NOT_BRACKET.sub(b"", b"".join(parts))
+    return b"".join(parts).translate(None, _NOT_BRACKET)
 
 
 def lex_brackets(text: str | bytes, truncated: bool = False) -> BracketReport:
@@ -198,19 +196,9 @@ def distinct_3(text: str | bytes) -> float:
     non-ASCII characters, or one other non-space character (so `foo(x)` is foo ( x ))."""
     code = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     toks = _WORD.findall(code)
-    n = len(toks)
-    if n < 3:
+    if len(toks) < 3:
         return 1.0
-    # Tokens become small ints (first-seen order; the dict does the interning at C speed), trigrams become one
-    # int each, and numpy counts the distinct ones: about 1.5x faster than a set of byte-string triples.
-    ids = np.fromiter(map({}.setdefault, toks, itertools.count()), dtype=np.int64, count=n)
-    if n < _TRIGRAM_KEY_LIMIT:
-        keys = (ids[:-2] * n + ids[1:-1]) * n + ids[2:]
-        return len(np.unique(keys)) / (n - 2)
-    return len(set(zip(ids.tolist(), ids[1:].tolist(), ids[2:].tolist()))) / (n - 2)
-
-
-_TRIGRAM_KEY_LIMIT = 2_000_000  # n**3 must stay below 2**63
+    return len(set(zip(toks, itertools.islice(toks, 1, None), itertools.islice(toks, 2, None)))) / (len(toks) - 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

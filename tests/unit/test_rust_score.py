@@ -137,23 +137,6 @@ def test_distinct_3():
     assert distinct_3("héllo wörld x") == 1.0
 
 
-@pytest.mark.parametrize("key_limit", [None, 3])  # 3: the set path for texts too long for one-int trigram keys
-def test_distinct_3_matches_the_plain_definition_on_real_rust(monkeypatch, key_limit):
-    import re
-    from pathlib import Path
-
-    import nanoeval.rust as rust
-
-    if key_limit is not None:
-        monkeypatch.setattr(rust, "_TRIGRAM_KEY_LIMIT", key_limit)
-    files = sorted((Path(__file__).parents[1] / "fixtures" / "rust").rglob("*.rs"))
-    assert len(files) >= 5
-    for f in files:
-        toks = re.findall(rb"[\w\x80-\xff]+|\S", f.read_bytes())
-        want = len(set(zip(toks, toks[1:], toks[2:]))) / (len(toks) - 2)
-        assert distinct_3(f.read_bytes()) == pytest.approx(want, abs=1e-12), f
-
-
 def test_batch_and_aggregate():
     texts = [read("valid_shapes.rs"), read("corrupted_let.rs"), read("truncated_mid_body.rs")]
     scores = score_batch(texts, [False, False, True])
