@@ -38,7 +38,7 @@ def test_kill_9_mid_training_then_resume_auto_continues_from_last_complete_check
         tmp_path, fixture_dataset, micro_run):
     runs = tmp_path / "runs"
     run = runs / "engram-v1"
-    flags = ("--total-steps", 100000, "--ckpt-every", 1, "--log-every", 1)
+    flags = ("--total-steps", 100000, "--ckpt-every", 1, "--log-every", 1, "--no-compile")  # one mode for all three
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.faults.micro_nanotrain", "run", "engram-v1", "--scale", "tiny", "--data",
          str(fixture_dataset), "--out", str(runs), "--no-progress", *map(str, flags)],

@@ -1,0 +1,33 @@
+"""`nanotrain run`'s compile default: on for CPU invocations that run >= AUTO_COMPILE_MIN_STEPS steps, else off."""
+
+import argparse
+
+import pytest
+
+from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, _auto_compile
+from nanotrain.config import TrainConfig
+
+
+def decide(compile_flag=None, steps=None, total=600, device="cpu", start=0):
+    cfg = TrainConfig(total_steps=total)
+    why = _auto_compile(argparse.Namespace(compile=compile_flag, steps=steps), cfg, device, start)
+    return cfg.compile, why
+
+
+@pytest.mark.parametrize("kw, on", [
+    (dict(), True),                                                   # the tiny CPU run: 600 steps
+    (dict(steps=AUTO_COMPILE_MIN_STEPS - 1), False),                  # a short invocation does not pay back
+    (dict(steps=AUTO_COMPILE_MIN_STEPS), True),
+    (dict(start=600 - AUTO_COMPILE_MIN_STEPS + 1), False),            # a resume close to the end
+    (dict(device="cuda"), False),                                     # never automatically on a GPU
+    (dict(compile_flag=False), False),                                # --no-compile
+])
+def test_auto_compile_rule(kw, on):
+    compiled, why = decide(**kw)
+    assert compiled is on
+    assert (why is not None) is on and (not on or "--no-compile" in why)
+
+
+def test_explicit_compile_is_left_alone():
+    cfg = TrainConfig(total_steps=5, compile=True)
+    assert _auto_compile(argparse.Namespace(compile=True, steps=None), cfg, "cpu", 0) is None and cfg.compile
