@@ -8,6 +8,8 @@
 #   5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
+# Limits are sized from the first H200 run (2026-11-26): compiling the three B=16 variants took ~120 s, the eager
+# steps ~20 s each, decode's three eager variants ~65 s before fastdecode compiles (110 s was too little).
 # Usage: bash benchmarks/gpu_check.sh      (PY=python3 by default; the repo is put on PYTHONPATH)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,14 +32,14 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...
   fi
 }
 
-step train_b16 220 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
+step train_b16 170 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
   --steps 15 --warmup 3
-step train_b2 45 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --steps 20 --warmup 3
-step recipes_b16 70 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
+step train_b2 35 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --steps 20 --warmup 3
+step recipes_b16 40 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
   --recipes baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
-step recipes_b2 45 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+step recipes_b2 35 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
   --recipes baseline-v1,engram-v1,haar-v5 --steps 15 --warmup 3
-step decode 110 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1
-step fwdbwd_b2_graphs 75 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+step decode 180 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1
+step fwdbwd_b2_graphs 100 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
   --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"
