@@ -32,7 +32,7 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...
   fi
 }
 
-step train_b16 170 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
+step train_b16 190 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
   --steps 15 --warmup 3
 step train_b2 35 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --steps 20 --warmup 3
 step recipes_b16 40 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
@@ -40,6 +40,6 @@ step recipes_b16 40 bench_train.py --device cuda --scale full --batch-size 16 --
 step recipes_b2 35 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
   --recipes baseline-v1,engram-v1,haar-v5 --steps 15 --warmup 3
 step decode 180 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1
-step fwdbwd_b2_graphs 100 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+step fwdbwd_b2_graphs 80 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
   --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"
