@@ -120,8 +120,8 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
         x, y = random_batch(model_cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
         from nanotrain.train import objective
 
-        step = make_our_step(fwd, model, opts, train_cfg, x, y, common.autocast_dtype(args.dtype),
-                             args.fwd_bwd_only, compile_fn(objective, args))
+        step = make_our_step(fwd, compile_fn(objective, args), model, opts, train_cfg, x, y,
+                             common.autocast_dtype(args.dtype), args.fwd_bwd_only)
         info = {"recipe": recipe, "scale": scale, **model_info(model, model_cfg, args.seq_len)}
         return step, info
     return common.Variant(name, build)
@@ -136,22 +136,19 @@ def compile_fn(fn, args):
     return torch.compile(fn) if args.compile_mode in (None, "default") else torch.compile(fn, mode=args.compile_mode)
 
 
-def make_our_step(fwd, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False,
-                  loss_fn: Callable | None = None) -> Callable[[], Any]:
+def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False
+                  ) -> Callable[[], Any]:
     """One update as `nanotrain.train.Trainer._train_step` does it, from the same public parts.
 
     LR scale, autocast forward, `nanotrain.train.objective`, backward, clip over all params, the NaN guard's
     finite check (read back to the host, as the Trainer does), optimiser step, post-step clamps, metric
     accumulation on the device, zero grads. Batches come ready on the device (the loader is not timed).
-    `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else. `loss_fn`: the objective as the
-    Trainer runs it (compiled with --compile); default `nanotrain.train.objective`.
+    `fwd` and `objective` are the model and `nanotrain.train.objective`, each compiled with --compile as the
+    Trainer does. `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else.
     """
     import torch
 
     from nanotrain.optim.groups import clip_grad_norm_
-    from nanotrain.train import objective
-
-    objective = loss_fn or objective
 
     params = opts.parameters()
     acc = torch.zeros(6, device=x.device)

@@ -105,6 +105,29 @@ def objective(out: Any, y: torch.Tensor, cfg_label_smoothing: float, mtp_weight:
     return loss, {"ce": nll.detach(), "entropy": entropy, "mtp": mtp.detach()}
 
 
+class _CompileFallback:
+    """Calls `compiled`; if its first call raises (a compiler failure: Inductor and Dynamo raise many types), says
+    so once on stderr and uses `make_eager()` from then on, so a failed compile slows a run instead of ending it."""
+
+    def __init__(self, compiled: Callable[..., Any], make_eager: Callable[[], Callable[..., Any]], what: str,
+                 instead: str) -> None:
+        self.fn, self.make_eager, self.what, self.instead = compiled, make_eager, what, instead
+        self.checked = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.checked:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as e:
+            print(f"warning: {self.what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  f"{self.instead}", file=sys.stderr)
+            self.fn = self.make_eager()
+            out = self.fn(*args)
+        self.checked = True
+        return out
+
+
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters that take part in a matmul per token: 2-D+ weights except lookup tables (Engram), with the
     tied embedding counted once as the output head."""
@@ -200,12 +223,18 @@ class Trainer:
         self.model.train()
         self.opt = build_optimizers(self.model, train_cfg)
         self.params = self.opt.parameters()
-        self.compiled = train_cfg.compile
-        fwd = torch.compile(self.model) if train_cfg.compile else self.model
-        # The loss is compiled too: fused, it costs ~150 ms instead of ~360 ms per tiny CPU step (B=16, T=256,
-        # vocab 4096: log-softmax, smoothing and entropy are several passes over the logits in eager mode).
-        self.objective = torch.compile(objective) if train_cfg.compile else objective
-        self.fwd = wrap_model(fwd, self.dist, unused_parameters=self.model.has_unused_parameters)
+        def wrapped(module):
+            return wrap_model(module, self.dist, unused_parameters=self.model.has_unused_parameters)
+
+        self.forward: Callable[..., Any] = wrapped(self.model)
+        self.objective: Callable[..., Any] = objective
+        if train_cfg.compile:
+            self.forward = _CompileFallback(wrapped(torch.compile(self.model)), lambda: wrapped(self.model),
+                                            "torch.compile", "continuing without --compile")
+            # The loss is compiled too: fused, it costs ~150 ms instead of ~360 ms per tiny CPU step (B=16,
+            # T=256, vocab 4096: log-softmax, smoothing and entropy are several passes over the logits eagerly).
+            self.objective = _CompileFallback(torch.compile(objective), lambda: objective,
+                                              "torch.compile of the loss", "computing it without compiling")
         self.loader = WindowLoader(dataset.tokens("train"), train_cfg.seq_len, self.local_batch, train_cfg.seed,
                                    rank=self.dist.rank, world_size=W)
         self.has_wavefield = any(".wavefield." in n for n, _ in self.model.named_parameters())
@@ -376,34 +405,6 @@ class Trainer:
                 "val_tokens": int(sums[2].item())}
 
     # ----------------------------------------------------------------- the step
-    def _forward(self, x: torch.Tensor) -> Any:
-        """The model's forward; with --compile, a compile failure on the first call falls back to eager (said
-        once on stderr) instead of ending the run."""
-        if not self.compiled:
-            return self.fwd(x)
-        try:
-            out = self.fwd(x)
-        except Exception as e:  # inductor/dynamo failures come as many types
-            print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                  "continuing without --compile", file=sys.stderr)
-            self.fwd = wrap_model(self.model, self.dist, unused_parameters=self.model.has_unused_parameters)
-            out = self.fwd(x)
-        self.compiled = False
-        return out
-
-    def _objective(self, out: Any, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`objective` for this run, compiled with --compile; a compile failure falls back to eager, as above."""
-        args = (out, y, self.train_cfg.label_smoothing, self.model_cfg.mtp_weight)
-        if self.objective is objective:
-            return objective(*args)
-        try:
-            return self.objective(*args)
-        except Exception as e:  # inductor/dynamo failures come as many types
-            print(f"warning: torch.compile of the loss failed ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:200]}); computing it without compiling", file=sys.stderr)
-            self.objective = objective
-            return objective(*args)
-
     def _train_step(self, acc: torch.Tensor) -> bool:
         """One update at `self.step` (0-based count of updates done). Accumulates [loss, ce, entropy, mtp, gnorm,
         n_ok] into `acc` on the device; returns False if the step was skipped as non-finite. The NaN guard's
@@ -413,8 +414,8 @@ class Trainer:
         x, y = self.loader.batch(self.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self._autocast():
-            out = self._forward(x)
-        loss, parts = self._objective(out, y)
+            out = self.forward(x)
+        loss, parts = self.objective(out, y, cfg.label_smoothing, self.model_cfg.mtp_weight)
         if self.loss_hook is not None:
             loss = self.loss_hook(self.step + 1, loss)
         loss.backward()

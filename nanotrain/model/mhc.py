@@ -119,13 +119,13 @@ class MHCLite(nn.Module):
         if self.n_streams == 1:
             return streams + out.unsqueeze(0)
         n = self.n_streams
-        h_post = 2 * torch.sigmoid(self.post_logits + self.post_bias)
+        h_post = (2 * torch.sigmoid(self.post_logits + self.post_bias)).to(streams.dtype)
         with _no_autocast(streams):
             mix = self.mixing_matrix().to(streams.dtype)
             if _broadcast_form(streams):
-                written = streams + h_post.to(streams.dtype).view(-1, 1, 1, 1) * out.unsqueeze(0)
+                written = streams + h_post.view(-1, 1, 1, 1) * out.unsqueeze(0)
                 return (mix.view(n, n, 1, 1, 1) * written.unsqueeze(0)).sum(dim=1)
-            gain = (mix @ h_post.to(streams.dtype)).view(n, 1)
+            gain = (mix @ h_post).view(n, 1)
             mixed = torch.addmm(torch.mm(mix, streams.view(n, -1)), gain, out.reshape(1, -1).to(streams.dtype))
         return mixed.view(streams.shape)
 
