@@ -5,7 +5,9 @@ step has a new shape: torch.compile would recompile (or re-record a CUDA graph) 
 takes the position as a 0-dim device tensor instead: RoPE angles are gathered with `index_select`, the new key
 and value are written with `index_copy_` into the model's own static caches (module buffers, so CUDA graphs are
 not skipped for "mutated inputs"), and attention reads the whole cache under a mask `key_pos <= pos`. One graph
-then serves every position. Prefill runs `GPT.forward(start_pos=0)`, compiled apart with dynamic shapes.
+then serves every position. Prefill runs `GPT.forward(start_pos=0)` eagerly: it is one forward per call, and
+compiling it too (dynamic shapes, since every prompt length differs) adds a second compile; in the first GPU
+run the two compiles together did not finish within the 110 s slot.
 
 It reuses the model's modules (embedding, mHC, norms, projections, FFN, head) and only re-states the order of a
 block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. Supported: plain
@@ -98,7 +100,6 @@ class FastDecoder:
         self.dtype = param.dtype
         self._setup_caches()
         self.positions = torch.arange(max_len, device=self.device)
-        self._prefill = self._eager_prefill
         self._step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
         self.compiled = False
         if self.static and want_compile:
@@ -118,23 +119,21 @@ class FastDecoder:
     def _caches_intact(self) -> bool:
         return all(c.k is k and c.v is v for c, (k, v) in zip(self._kv_caches(), self._caches))
 
-    def _eager_prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+    def _prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]
 
     def _try_compile(self) -> None:
-        """Compile prefill (dynamic shapes) and the step (CUDA graphs); warm both up; fall back on any error."""
+        """Compile the step (CUDA graphs on CUDA) and warm it up; fall back to eager on any error."""
         eager_step = self._step
         try:
-            self._prefill = torch.compile(self._eager_prefill, dynamic=True)
             self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
-            warm = torch.zeros(self.batch_size, 2, dtype=torch.long, device=self.device)
+            warm = torch.zeros(self.batch_size, 1, dtype=torch.long, device=self.device)
             with torch.inference_mode():
-                self._prefill(warm)
                 for p in (2, 3, 4):
-                    self._step(warm[:, :1], self.positions[p])
+                    self._step(warm, self.positions[p])
             self.compiled = True
         except Exception as e:  # any compiler/backend failure: decoding must still work
-            self._prefill, self._step = self._eager_prefill, eager_step
+            self._step = eager_step
             self.fallback_reason = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
     @torch.inference_mode()
