@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight dtype (default fp32 on cpu, bf16 on cuda)")
     p.add_argument("--recompute-batched", action="store_true",
                    help="also time recompute-the-prefix at batch sizes above 1 (slow on CPU)")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="skip the recompute-the-prefix variant (it exists for the CPU target; slow at full scale)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled fastdecode variant on CUDA")
     p.add_argument("--fastdecode", action="store_true",
                    help="on CPU too, time nanoeval.fastdecode (its static decode step, eager: no CUDA graphs)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratios: dict[str, float] = {}
     for batch in batches:
         variants = [sampler_variant("sampler-kv", model, tokenizer, batch, args.new_tokens, True)]
-        if batch == 1 or args.recompute_batched:
+        if (batch == 1 or args.recompute_batched) and not args.no_recompute:
             variants.append(sampler_variant("sampler-recompute", model, tokenizer, batch, args.new_tokens, False))
         variants.append(reference_variant(model_cfg, prompt_ids, batch, args.new_tokens, device, dtype,
                                           args.seed))

@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "one's tok/s ratio to the first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ModelConfig field, e.g. --set dim=64 (repeatable; for micro runs)")
+    p.add_argument("--mhc-forms", default="auto", metavar="LIST",
+                   help="comma list of mHC forms for our step (auto, matmul, pointwise; see nanotrain/model/mhc.py): "
+                        "one nanotrain variant per form, e.g. matmul,pointwise to compare them in one run "
+                        "(default auto; with --recipes a single form)")
     p.add_argument("--only", default=None, metavar="LIST",
-                   help="comma list of variants to run (nanotrain, reference-adamw, reference-muon)")
+                   help="comma list of variants to run (nanotrain or nanotrain[FORM], reference-adamw, reference-muon)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/bench_train_<device>[_recipes].json)")
     p.add_argument("--threads", type=int, default=None,
@@ -103,17 +107,20 @@ def model_info(model, cfg, seq_len: int) -> dict[str, Any]:
             "flops_per_token": common.flops_per_token(n_matmul, cfg.n_layers, cfg.n_heads, head_dim, seq_len)}
 
 
-def our_variant(recipe: str, scale: str, overrides: list[str], args, device, name: str) -> common.Variant:
-    """Our model and optimisers, stepping exactly as the Trainer does."""
+def our_variant(recipe: str, scale: str, overrides: list[str], args, device, name: str,
+                mhc_form: str = "auto") -> common.Variant:
+    """Our model and optimisers, stepping exactly as the Trainer does (mHC in `mhc_form`)."""
     def build():
         import torch
 
         from nanotrain.model.gpt import GPT
+        from nanotrain.model.mhc import set_mhc_form
         from nanotrain.optim.groups import build_optimizers
 
         model_cfg, train_cfg = build_model_cfg(recipe, scale, overrides)
         torch.manual_seed(args.seed)
         model = GPT(model_cfg).to(device)
+        set_mhc_form(model, mhc_form)
         model.train()
         opts = build_optimizers(model, train_cfg)
         fwd = compile_fn(model, args)
@@ -122,7 +129,7 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
 
         step = make_our_step(fwd, compile_fn(objective, args), model, opts, train_cfg, x, y,
                              common.autocast_dtype(args.dtype), args.fwd_bwd_only)
-        info = {"recipe": recipe, "scale": scale, **model_info(model, model_cfg, args.seq_len)}
+        info = {"recipe": recipe, "scale": scale, "mhc_form": mhc_form, **model_info(model, model_cfg, args.seq_len)}
         return step, info
     return common.Variant(name, build)
 
@@ -214,9 +221,13 @@ def summarise(measurements: list[common.Measurement], tokens_per_step: int, peak
 
 
 def ratios(rows: list[dict], key: str, first_is_denominator: bool) -> dict[str, float]:
-    """"A/B" = throughput of A over B: ours over each reference, or (recipes mode) each recipe over the first."""
-    first = rows[0]
-    pairs = [(r, first) if first_is_denominator else (first, r) for r in rows[1:]]
+    """"A/B" = throughput of A over B: each of our variants over each reference, or (recipes mode) each recipe
+    over the first."""
+    if first_is_denominator:
+        pairs = [(r, rows[0]) for r in rows[1:]]
+    else:
+        ours = [r for r in rows if r["name"].startswith("nanotrain")]
+        pairs = [(a, b) for a in ours for b in rows if b not in ours]
     return {f"{a['name']}/{b['name']}": round(a[key] / b[key], 3) for a, b in pairs}
 
 
@@ -253,11 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg, _ = build_model_cfg(args.recipes[0] if args.recipes else args.recipe, args.scale, args.set)
     if args.seq_len > model_cfg.max_seq_len:
         raise UserError(f"--seq-len {args.seq_len}: longer than the model's context ({model_cfg.max_seq_len})")
+    from nanotrain.model.mhc import MHC_FORMS
+
+    forms = [f for f in args.mhc_forms.split(",") if f]
+    bad = [f for f in forms if f not in MHC_FORMS]
+    if bad or not forms or len(set(forms)) != len(forms):
+        raise UserError(f"--mhc-forms {args.mhc_forms}: expected distinct forms from {', '.join(MHC_FORMS)}")
     torch.manual_seed(args.seed)
     if args.recipes:
-        variants = [our_variant(r, args.scale, args.set, args, device, r) for r in args.recipes]
+        if len(forms) != 1:
+            raise UserError(f"--mhc-forms {args.mhc_forms}: --recipes takes a single form")
+        variants = [our_variant(r, args.scale, args.set, args, device, r, forms[0]) for r in args.recipes]
     else:
-        variants = [our_variant(args.recipe, args.scale, args.set, args, device, "nanotrain"),
+        variants = [*(our_variant(args.recipe, args.scale, args.set, args, device,
+                                  "nanotrain" if f == "auto" else f"nanotrain[{f}]", f) for f in forms),
                     reference_variant(args.recipe, args.scale, args.set, args, device, "adamw"),
                     reference_variant(args.recipe, args.scale, args.set, args, device, "muon")]
         if args.only:
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("recipe", "scale", "batch_size", "seq_len", "steps", "warmup",
                                               "compile", "compile_mode", "fwd_bwd_only", "dtype", "seed")}
     settings["recipes"] = args.recipes
+    settings["mhc_forms"] = forms
     settings["overrides"] = args.set
     result = common.run_header(device, settings, "nanolab.bench_train/1")
     peak = result["device"]["peak_bf16_flops"]

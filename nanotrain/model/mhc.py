@@ -7,12 +7,22 @@ Streams are held as one tensor X [N, B, T, dim] (stream first). Per sub-layer (`
   doubly stochastic matrix: N=2 uses [[a, 1-a], [1-a, a]] with a = sigmoid(alpha_logit) (residual before mixing,
   seed fix 95be2f9); N>2 uses a Sinkhorn-normalised exp(mix_logits).
 - collapse(X): the mean of the streams (before the final norm).
-prepare and apply are written as matrix products over the flattened streams ([N, B*T*dim]), so the gradients of
-the per-stream gains and of the mix are matrix products too, not whole-tensor reductions: torch.compile (torch
-2.11, H200) turned those reductions, fused with the neighbouring norm, into ~7 ms kernels at B=16, T=1024 (the
-compiled step took 640 ms against 204 ms eager), and in eager mode the products need fewer passes over the
-streams. When torch.compile traces for the CPU the broadcast form is kept: there Inductor fuses it well and
-compiles the matrix form badly (see `_broadcast_form`).
+Two forms of prepare/apply, same maths (a test checks value and gradient agree in fp64):
+- "matmul": matrix products over the flattened streams ([N, B*T*dim]). Eager mode runs it with fewer passes over
+  the streams than broadcasting (2-core CPU, one fp32 block forward+backward at [2, 16, 256, 256]: 21.9 vs
+  43.9 ms), and its gain gradients are matrix products. Compiled for an H200 (torch 2.11, B=16, T=1024) it took the
+  step from 639 to 207 ms, but cuBLAS still runs these K<=2 products far below memory bandwidth (it splits each
+  into 16-17 launches over the 16.7M-long axis): ~115 ms of the 207 ms step.
+- "pointwise": broadcast products and sums, which Inductor fuses with the neighbouring norm and projections. The
+  gains are first expanded to one copy per row ([N, B, T, 1]; the mix to [N, N, B, T, 1]), so that the backward
+  computes their gradients in two stages: a per-row reduction over dim (the shape Inductor fuses well with the
+  RMSNorm backward), then a sum over the rows. Written as plain broadcasts (no per-row stage), Inductor fused
+  the whole B*T*dim reduction into the RMSNorm backward: ~7 ms kernels, 639 ms per step on the H200.
+`MHCLite.form` picks one: "auto" (default) uses "pointwise" when torch.compile traces for the CPU (Inductor: a
+compiled fp32 block took 12.6 ms, against 68.8 ms for the matrix form) or traces without autograd (decoding: no
+gain gradients, and the pointwise ops fuse, so a decode step launches fewer kernels), and "matmul" otherwise:
+eager mode, and compiled training on a GPU, the only form measured there yet. `set_mhc_form(model, form)` sets
+it for a whole model (benchmarks compare the forms this way).
 N=1 is a plain residual stream: prepare is the identity and apply is x + o (no parameters).
 
 Initialisation (`mhc_init`):
@@ -58,15 +68,30 @@ def sinkhorn(logits: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
     return log_m.exp()
 
 
-def _broadcast_form(streams: torch.Tensor) -> bool:
-    """Whether to write prepare/apply as broadcast products + sums instead of matrix products.
+MHC_FORMS = ("auto", "matmul", "pointwise")
 
-    Only when torch.compile traces for the CPU: Inductor fuses the broadcast form into a few loops (16.5 ms for one
-    fp32 block forward+backward at [2, 16, 256, 256] on the 2-core machine, against 68.8 ms for the compiled matrix
-    form), while eager mode runs the matrix form faster (21.9 vs 43.9 ms), and on an H200 Inductor's kernels for the
-    broadcast form's gradient reductions took ~7 ms each at B=16, T=1024.
-    """
-    return streams.device.type == "cpu" and torch.compiler.is_compiling()
+
+def _pointwise(form: str, streams: torch.Tensor) -> bool:
+    """Whether prepare/apply run in the pointwise form (see the module docstring for when "auto" picks it)."""
+    if form != "auto":
+        return form == "pointwise"
+    if not torch.compiler.is_compiling():
+        return False
+    return streams.device.type == "cpu" or not torch.is_grad_enabled()
+
+
+def _per_row(gains: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
+    """Gains [..., N] -> [..., N, B, T, 1]: one copy per row, so their gradient is first reduced row by row."""
+    return gains.view(*gains.shape, 1, 1, 1).expand(*gains.shape, *streams.shape[1:-1], 1)
+
+
+def set_mhc_form(model: nn.Module, form: str) -> None:
+    """Set `form` ("auto", "matmul" or "pointwise") on every mHC module of `model`."""
+    if form not in MHC_FORMS:
+        raise ValueError(f"mHC form must be one of {', '.join(MHC_FORMS)}, got {form!r}")
+    for m in model.modules():
+        if isinstance(m, MHCLite):
+            m.form = form
 
 
 def _no_autocast(t: torch.Tensor):
@@ -84,6 +109,7 @@ class MHCLite(nn.Module):
         if init not in ("broken", "seed"):
             raise ValueError(f"mhc_init must be 'broken' or 'seed', got {init!r}")
         self.n_streams = n_streams
+        self.form = "auto"
         if n_streams == 1:
             return
         spread = 0.5 if init == "broken" else 0.0
@@ -109,8 +135,8 @@ class MHCLite(nn.Module):
         if self.n_streams == 1:
             return streams[0]
         h_pre = torch.sigmoid(self.pre_logits + self.pre_bias).to(streams.dtype)
-        if _broadcast_form(streams):
-            return (h_pre.view(-1, 1, 1, 1) * streams).sum(dim=0)
+        if _pointwise(self.form, streams):
+            return (_per_row(h_pre, streams) * streams).sum(dim=0)
         with _no_autocast(streams):
             return torch.mm(h_pre.view(1, -1), streams.view(self.n_streams, -1)).view(streams.shape[1:])
 
@@ -122,9 +148,9 @@ class MHCLite(nn.Module):
         h_post = (2 * torch.sigmoid(self.post_logits + self.post_bias)).to(streams.dtype)
         with _no_autocast(streams):
             mix = self.mixing_matrix().to(streams.dtype)
-            if _broadcast_form(streams):
-                written = streams + h_post.view(-1, 1, 1, 1) * out.unsqueeze(0)
-                return (mix.view(n, n, 1, 1, 1) * written.unsqueeze(0)).sum(dim=1)
+            if _pointwise(self.form, streams):
+                written = streams + _per_row(h_post, streams) * out.unsqueeze(0)
+                return (_per_row(mix, streams) * written.unsqueeze(0)).sum(dim=1)
             gain = (mix @ h_post).view(n, 1)
             mixed = torch.addmm(torch.mm(mix, streams.view(n, -1)), gain, out.reshape(1, -1).to(streams.dtype))
         return mixed.view(streams.shape)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from nanotrain.model import GPT
@@ -99,21 +100,34 @@ def test_broken_init_gives_alpha_a_gradient_and_the_streams_diverge():
     assert (streams[0] - streams[1]).abs().max() > 1e-3
 
 
-def test_matrix_and_broadcast_forms_agree_in_value_and_gradient(monkeypatch):
-    """prepare/apply have two forms (matrix products; broadcast products when compiling for the CPU): same maths."""
-    import nanotrain.model.mhc as mhc
-
-    def run(broadcast: bool, n: int):
-        monkeypatch.setattr(mhc, "_broadcast_form", lambda streams: broadcast)
+def test_matmul_and_pointwise_forms_agree_in_value_and_gradient():
+    """prepare/apply have two forms (matrix products; per-row pointwise products): the same maths, in fp64."""
+    def run(form: str, n: int):
         torch.manual_seed(0)
-        m = MHCLite(n)
+        m = MHCLite(n).double()
+        m.form = form
         streams = torch.randn(n, 2, 5, 8, dtype=torch.float64, requires_grad=True)
         out = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
-        m = m.double()
         y = m.apply(streams, out * m.prepare(streams))
         (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
         return [y.detach(), streams.grad, out.grad] + [p.grad for p in m.parameters()]
 
     for n in (2, 3):
-        for a, b in zip(run(False, n), run(True, n)):
+        for a, b in zip(run("matmul", n), run("pointwise", n), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_form_choice_and_set_mhc_form():
+    """auto: matrix products in eager mode (pointwise is only picked while torch.compile traces); set_mhc_form
+    sets every mHC module of a model and refuses unknown forms."""
+    from nanotrain.model.mhc import _pointwise, set_mhc_form
+
+    streams = torch.zeros(2, 1, 3, 4)
+    assert not _pointwise("auto", streams)
+    assert _pointwise("pointwise", streams) and not _pointwise("matmul", streams)
+    model = small_model("broken")
+    set_mhc_form(model, "pointwise")
+    forms = {m.form for m in model.modules() if isinstance(m, MHCLite)}
+    assert forms == {"pointwise"}
+    with pytest.raises(ValueError, match="mHC form must be one of auto, matmul, pointwise, got 'fast'"):
+        set_mhc_form(model, "fast")

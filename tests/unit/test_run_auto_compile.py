@@ -1,4 +1,4 @@
-"""`nanotrain run`'s compile default: on for CPU invocations that run >= AUTO_COMPILE_MIN_STEPS steps, else off."""
+"""`nanotrain run`'s compile default: on for invocations (CPU or GPU) that run >= AUTO_COMPILE_MIN_STEPS steps, else off."""
 
 import argparse
 
@@ -19,7 +19,8 @@ def decide(compile_flag=None, steps=None, total=600, device="cpu", start=0):
     (dict(steps=AUTO_COMPILE_MIN_STEPS - 1), False),                  # a short invocation does not pay back
     (dict(steps=AUTO_COMPILE_MIN_STEPS), True),
     (dict(start=600 - AUTO_COMPILE_MIN_STEPS + 1), False),            # a resume close to the end
-    (dict(device="cuda"), False),                                     # never automatically on a GPU
+    (dict(device="cuda"), True),                                      # on a GPU as well (since the mHC rewrite)
+    (dict(device="cuda", steps=10), False),
     (dict(compile_flag=False), False),                                # --no-compile
 ])
 def test_auto_compile_rule(kw, on):
