@@ -11,18 +11,19 @@ Two forms of prepare/apply, same maths (a test checks value and gradient agree i
 - "matmul": matrix products over the flattened streams ([N, B*T*dim]). Eager mode runs it with fewer passes over
   the streams than broadcasting (2-core CPU, one fp32 block forward+backward at [2, 16, 256, 256]: 21.9 vs
   43.9 ms), and its gain gradients are matrix products. Compiled for an H200 (torch 2.11, B=16, T=1024) it took the
-  step from 639 to 207 ms, but cuBLAS still runs these K<=2 products far below memory bandwidth (it splits each
-  into 16-17 launches over the 16.7M-long axis): ~115 ms of the 207 ms step.
+  step from 639 to 207 ms, but cuBLAS still runs these K<=2 products far below memory bandwidth (in 16-17 fp32
+  SIMT launches each, by the profile's counts): ~115 ms of the 207 ms step.
 - "pointwise": broadcast products and sums, which Inductor fuses with the neighbouring norm and projections. The
   gains are first expanded to one copy per row ([N, B, T, 1]; the mix to [N, N, B, T, 1]), so that the backward
   computes their gradients in two stages: a per-row reduction over dim (the shape Inductor fuses well with the
   RMSNorm backward), then a sum over the rows. Written as plain broadcasts (no per-row stage), Inductor fused
-  the whole B*T*dim reduction into the RMSNorm backward: ~7 ms kernels, 639 ms per step on the H200.
-`MHCLite.form` picks one: "auto" (default) uses "pointwise" when torch.compile traces for the CPU (Inductor: a
-compiled fp32 block took 12.6 ms, against 68.8 ms for the matrix form) or traces without autograd (decoding: no
-gain gradients, and the pointwise ops fuse, so a decode step launches fewer kernels), and "matmul" otherwise:
-eager mode, and compiled training on a GPU, the only form measured there yet. `set_mhc_form(model, form)` sets
-it for a whole model (benchmarks compare the forms this way).
+  the whole B*T*dim reduction into the RMSNorm backward: ~7 ms kernels, 639 ms per step on the H200. On the CPU
+  the per-row stage made the compiled tiny training step 1.45x faster than the plain broadcasts (one thread,
+  baseline-v1, B=16, T=256: 2.03 and 1.96 s against 3.06 and 2.81 s per step, alternating runs).
+`MHCLite.form` picks one: "auto" (default) uses "pointwise" when torch.compile traces for the CPU or traces without
+autograd (decoding: no gain gradients, and the pointwise ops fuse, so a decode step launches fewer kernels), and
+"matmul" otherwise: eager mode, and compiled training on a GPU, the only form measured there so far
+(benchmarks/gpu_check.sh times both). `set_mhc_form(model, form)` sets it for a whole model.
 N=1 is a plain residual stream: prepare is the identity and apply is x + o (no parameters).
 
 Initialisation (`mhc_init`):
