@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="default: the recipe's")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--compile", action="store_true", help="torch.compile our forward and the reference's loss")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile our forward and loss (as the Trainer does) and the reference's forward+loss")
     p.add_argument("--no-reference", action="store_true", help="profile ours only")
     p.add_argument("--top", type=int, default=20, help="operators to list (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
@@ -86,6 +87,7 @@ def our_step(args, device):
     model = GPT(mc).to(device).train()
     opts = build_optimizers(model, tc)
     fwd = torch.compile(model) if args.compile else model
+    loss_of = torch.compile(objective) if args.compile else objective  # compiled as the Trainer does
     x, y = bt.random_batch(mc.vocab_size, args.batch_size, args.seq_len, device, 0)
     params = opts.parameters()
 
@@ -98,7 +100,7 @@ def our_step(args, device):
         out = t.phase("forward", forward)
 
         def backward():
-            loss, _ = objective(out, y, tc.label_smoothing, mc.mtp_weight)
+            loss, _ = loss_of(out, y, tc.label_smoothing, mc.mtp_weight)
             loss.backward()
             return loss
         loss = t.phase("objective+backward", backward)
