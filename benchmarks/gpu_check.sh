@@ -8,10 +8,12 @@
 #          3. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
 #             CUDA-graph decode step (nanoeval.fastdecode)
 #   graphs 4. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
-#   extra  5. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
+#          5. eager B=16 step with mHC as matrix products and as pointwise products (eager is what evaluation
+#             and the sampler run)
+#   extra  6. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
 #             step times give the wall time of the original session's four runs)
-#          6. recipes at B=16, eager (the ratio targets)
-#          7. profile_step.py at B=16, compiled: per-phase split and top kernels of our step
+#          7. recipes at B=16, eager (the ratio targets)
+#          8. profile_step.py at B=16, compiled: per-phase split and top kernels of our step
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26: compiling our full-scale step takes 75-85 s (at each batch
@@ -54,6 +56,8 @@ fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
+  step eager_b16_forms 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
+    --mhc-forms matmul,pointwise --only "nanotrain[matmul],nanotrain[pointwise],reference-muon" --steps 8 --warmup 2
 fi
 if [[ $PART == extra || $PART == all ]]; then
   step recipes_b2 280 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \
