@@ -13,7 +13,8 @@
 #   extra  6. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
 #             step times give the wall time of the original session's four runs)
 #          7. recipes at B=16, eager (the ratio targets)
-#          8. profile_step.py at B=16, compiled: per-phase split and top kernels of our step
+#          8. profile_step.py at B=16, compiled: per-phase split and top kernels of our step (MHC_FORM=pointwise
+#             in the environment profiles that form instead of the default)
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26: compiling our full-scale step takes 75-85 s (at each batch
@@ -64,6 +65,7 @@ if [[ $PART == extra || $PART == all ]]; then
     --recipes baseline-v1,engram-v1,haar-v5 --steps 15 --warmup 3
   step recipes_b16 45 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --recipes baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
-  step profile_b16 120 profile_step.py --device cuda --scale full --batch-size 16 --compile --no-reference
+  step profile_b16 120 profile_step.py --device cuda --scale full --batch-size 16 --compile --no-reference \
+    --mhc-form "${MHC_FORM:-auto}"
 fi
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="profile ours only")
     p.add_argument("--top", type=int, default=20, help="operators to list (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
+    p.add_argument("--mhc-form", default="auto", choices=["auto", "matmul", "pointwise"],
+                   help="mHC form of our model (see nanotrain/model/mhc.py; default auto)")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     return p
 
@@ -79,12 +81,14 @@ def our_step(args, device):
 
     import bench_train as bt
     from nanotrain.model.gpt import GPT
+    from nanotrain.model.mhc import set_mhc_form
     from nanotrain.optim.groups import build_optimizers, clip_grad_norm_
     from nanotrain.train import objective
 
     mc, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
     torch.manual_seed(0)
     model = GPT(mc).to(device).train()
+    set_mhc_form(model, args.mhc_form)
     opts = build_optimizers(model, tc)
     fwd = torch.compile(model) if args.compile else model
     loss_of = torch.compile(objective) if args.compile else objective  # compiled as the Trainer does
@@ -193,7 +197,8 @@ def main(argv=None) -> int:
     _, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
     args.seq_len = args.seq_len or tc.seq_len
     print(f"device {common.device_info(device)['name']}, torch {torch.__version__}, {args.recipe} {args.scale}, "
-          f"B={args.batch_size} T={args.seq_len}, bf16 autocast{', compiled' if args.compile else ', eager'}")
+          f"B={args.batch_size} T={args.seq_len}, bf16 autocast{', compiled' if args.compile else ', eager'}, "
+          f"mHC form {args.mhc_form}")
     out = {"settings": vars(args) | {"out": str(args.out)}}
     ours = our_step(args, device)
     out["nanotrain"] = time_phases("nanotrain (Muon+Lion)", ours, args, device)
