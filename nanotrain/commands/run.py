@@ -140,9 +140,10 @@ def _auto_compile(args: argparse.Namespace, train_cfg: Any, device_type: str, st
 
     Measured on the 2-core CPU (tiny engram-v1, idle): compiled 4.4-5.0k tok/s against ~3.0k eager, after about
     a minute of compiling, so it pays from ~200 steps. On an H200 (torch 2.11, full-scale baseline-v1, after the
-    mHC matrix-product rewrite): compiled 71.6 ms per step at the recipes' B=2 against 92-116 ms eager (measured
-    before the rewrite, which left the eager step's slow mHC products in place), 207 ms at B=16 against 205 ms;
-    compiling took ~85 s. (Before the rewrite the compiled GPU step was 3x slower, and this was CPU-only.)
+    mHC matrix-product rewrite): compiled, 71.6 ms per step at the recipes' B=2 and 207 ms at B=16, after ~85 s
+    of compiling; eager steps measured before the rewrite took 92-116 ms and 205 ms (the eager step still runs
+    the rewrite's slow cuBLAS products). Before the rewrite the compiled GPU step was 3x slower, and auto-compile
+    was CPU-only.
     """
     if args.compile is not None or train_cfg.compile:
         return None

@@ -13,7 +13,7 @@ Two forms of prepare/apply, same maths (a test checks value and gradient agree i
   43.9 ms), and its gain gradients are matrix products. Compiled for an H200 (torch 2.11, B=16, T=1024) it took the
   step from 639 to 207 ms, but cuBLAS still runs these K<=2 products far below memory bandwidth (in 16-17 fp32
   SIMT launches each, by the profile's counts): ~115 ms of the 207 ms step.
-- "pointwise": broadcast products and sums, which Inductor fuses with the neighbouring norm and projections. The
+- "pointwise": broadcast products and sums, which Inductor fuses with the neighbouring norm and elementwise ops. The
   gains are first expanded to one copy per row ([N, B, T, 1]; the mix to [N, N, B, T, 1]), so that the backward
   computes their gradients in two stages: a per-row reduction over dim (the shape Inductor fuses well with the
   RMSNorm backward), then a sum over the rows. Written as plain broadcasts (no per-row stage), Inductor fused
