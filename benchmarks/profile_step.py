@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="profile ours only")
     p.add_argument("--top", type=int, default=20, help="operators to list (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
-    p.add_argument("--mhc-form", default="auto", choices=["auto", "matmul", "pointwise"],
+    from nanotrain.model.mhc import MHC_FORMS
+
+    p.add_argument("--mhc-form", default="auto", choices=MHC_FORMS,
                    help="mHC form of our model (see nanotrain/model/mhc.py; default auto)")
     p.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     return p
