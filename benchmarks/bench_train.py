@@ -147,15 +147,16 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
                   ) -> Callable[[], Any]:
     """One update as `nanotrain.train.Trainer._train_step` does it, from the same public parts.
 
-    LR scale, autocast forward, `nanotrain.train.objective`, backward, clip over all params, the NaN guard's
-    finite check (read back to the host, as the Trainer does), optimiser step, post-step clamps, metric
-    accumulation on the device, zero grads. Batches come ready on the device (the loader is not timed).
+    LR scale, autocast forward, `nanotrain.train.objective`, backward, then `nanotrain.train.apply_update` (the
+    Trainer's own: clip over all params, the NaN guard's finite flag kept on the device, the gated optimiser
+    step, post-step clamps, metric accumulation), zero grads. Nothing is read back to the host, as in the
+    Trainer between its log points. Batches come ready on the device (the loader is not timed).
     `fwd` and `objective` are the model and `nanotrain.train.objective`, each compiled with --compile as the
     Trainer does. `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else.
     """
     import torch
 
-    from nanotrain.optim.groups import clip_grad_norm_
+    from nanotrain.train import apply_update
 
     params = opts.parameters()
     acc = torch.zeros(6, device=x.device)
@@ -166,16 +167,8 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
             out = fwd(x)
         loss, parts = objective(out, y, train_cfg.label_smoothing, model.cfg.mtp_weight)
         loss.backward()
-        if fwd_bwd_only:
-            opts.zero_grad()
-            return loss.detach()
-        gnorm = clip_grad_norm_(params, train_cfg.grad_clip)
-        ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
-        if bool(ok.item()):
-            opts.step()
-            model.after_optimizer_step()
-            acc.add_(torch.stack([loss.detach().float(), parts["ce"].float(), parts["entropy"].float(),
-                                  parts["mtp"].float(), gnorm.detach().float(), torch.ones((), device=x.device)]))
+        if not fwd_bwd_only:
+            apply_update(model, opts, params, loss, parts, train_cfg.grad_clip, acc)
         opts.zero_grad()
         return loss.detach()
     return step

@@ -111,11 +111,10 @@ def our_step(args, device):
             return loss
         loss = t.phase("objective+backward", backward)
         gnorm = t.phase("clip", lambda: clip_grad_norm_(params, tc.grad_clip))
-        ok = t.phase("finite check (host read)",
-                     lambda: bool((torch.isfinite(loss.detach()) & torch.isfinite(gnorm)).item()))
-        if ok:
-            t.phase("optimiser step", opts.step)
-            t.phase("post-step clamps", model.after_optimizer_step)
+        ok = t.phase("finite flag (on the device)",
+                     lambda: torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+        t.phase("optimiser step (gated by the flag)", lambda: opts.step(ok=ok))
+        t.phase("post-step clamps", model.after_optimizer_step)
         t.phase("zero grads", opts.zero_grad)
     return step
 

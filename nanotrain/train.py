@@ -105,6 +105,28 @@ def objective(out: Any, y: torch.Tensor, cfg_label_smoothing: float, mtp_weight:
     return loss, {"ce": nll.detach(), "entropy": entropy, "mtp": mtp.detach()}
 
 
+def apply_update(model: GPT, opt: Any, params: list[torch.Tensor], loss: torch.Tensor,
+                 parts: dict[str, torch.Tensor], grad_clip: float, acc: torch.Tensor,
+                 dist: DistInfo | None = None) -> torch.Tensor:
+    """Clip, check and apply one update after `loss.backward()`, all on the device (no host sync).
+
+    The step counts as finite when the loss and the pre-clip gradient norm are (on every rank); the optimizers
+    get that flag as `step(ok=...)` and change nothing where it is false. The step's [loss, ce, entropy, mtp,
+    gnorm, 1] is added to `acc` only when finite. Returns the flag as a 0-dim int32 tensor (1 finite, 0 not).
+    """
+    gnorm = clip_grad_norm_(params, grad_clip)
+    ok = (torch.isfinite(loss.detach()) & torch.isfinite(gnorm)).to(torch.int32)
+    if dist is not None:
+        all_reduce_(ok, dist, "min")
+    finite = ok.bool()
+    opt.step(ok=finite)
+    model.after_optimizer_step()
+    values = torch.stack([loss.detach().float(), parts["ce"].float(), parts["entropy"].float(),
+                          parts["mtp"].float(), gnorm.detach().float(), torch.ones((), device=acc.device)])
+    acc.add_(torch.where(finite, values, 0.0))
+    return ok
+
+
 class _CompileFallback:
     """Calls `compiled`; if its first call raises (a compiler failure: Inductor and Dynamo raise many types), says
     so once on stderr and uses `make_eager()` from then on, so a failed compile slows a run instead of ending it."""
@@ -249,6 +271,8 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model, model_cfg, train_cfg.seq_len)
         self.peak_flops = gpu_peak_flops(self.device)
         self._stop_requested = False
+        self._skipped_since_log = 0
+        self._reset_guard_dev()
 
     # ----------------------------------------------------------------- helpers
     def echo(self, msg: str) -> None:
@@ -319,6 +343,7 @@ class Trainer:
         self.step = int(state["step"])
         _set_rng_state(state["rng"])
         self.guard.load(state.get("nan_guard", {}))
+        self._reset_guard_dev()
         sched = state["schedule"]
         if int(sched["total_steps"]) == self.train_cfg.total_steps:
             self.resume_step, self.start_mult = sched["resume_step"], sched["start_mult"]
@@ -372,6 +397,7 @@ class Trainer:
         self.resume(latest, trim_log=False)
         self.guard.rollbacks, self.guard.skipped_total = rollbacks, skipped
         self.guard.consecutive = 0
+        self._reset_guard_dev()
         self.guard.cooldown_until = self.step + self.guard.cooldown
         self.echo(f"NaN guard: rolled back to {latest} (step {self.step}); LR x{self.guard.lr_factor} "
                   f"until step {self.guard.cooldown_until} (rollback {rollbacks}/{self.guard.max_rollbacks})")
@@ -405,10 +431,12 @@ class Trainer:
                 "val_tokens": int(sums[2].item())}
 
     # ----------------------------------------------------------------- the step
-    def _train_step(self, acc: torch.Tensor) -> bool:
-        """One update at `self.step` (0-based count of updates done). Accumulates [loss, ce, entropy, mtp, gnorm,
-        n_ok] into `acc` on the device; returns False if the step was skipped as non-finite. The NaN guard's
-        flag is the only value read back to the host per step."""
+    def _train_step(self, acc: torch.Tensor) -> None:
+        """One update at `self.step` (0-based count of updates done), with nothing read back to the host.
+
+        Accumulates [loss, ce, entropy, mtp, gnorm, n_ok] of a finite step into `acc`; a non-finite step changes
+        no weight and no optimizer state (`apply_update`) and counts in the NaN guard's device counters, which
+        the loop reads at its sync points (`_sync_guard`)."""
         cfg = self.train_cfg
         self.opt.set_lr_scale(self.lr_mult(self.step))
         x, y = self.loader.batch(self.step)
@@ -421,22 +449,26 @@ class Trainer:
         loss.backward()
         if self.has_wavefield and self.step < cfg.wavefield_warmup_delay:
             zero_wavefield_physics_grads(self.model)
-        gnorm = clip_grad_norm_(self.params, cfg.grad_clip)
-        ok = (torch.isfinite(loss.detach()) & torch.isfinite(gnorm)).to(torch.int32)
-        all_reduce_(ok, self.dist, "min")
-        finite = bool(ok.item())
-        if finite:
-            self.opt.step()
-            self.model.after_optimizer_step()
-            acc += torch.stack([loss.detach().float(), parts["ce"].float(), parts["entropy"].float(),
-                                parts["mtp"].float(), gnorm.detach().float(), torch.ones((), device=self.device)])
-            self.guard.consecutive = 0
-        else:
-            self.guard.consecutive += 1
-            self.guard.skipped_total += 1
+        ok = apply_update(self.model, self.opt, self.params, loss, parts, cfg.grad_clip, acc, self.dist)
+        bad = 1 - ok
+        g = self._guard_dev                       # [consecutive, worst run since the last sync, skipped since]
+        run = (g[0] + 1) * bad
+        g.copy_(torch.stack((run, torch.maximum(g[1], run), g[2] + bad)))
         self.opt.zero_grad()
         self.step += 1
-        return finite
+
+    def _sync_guard(self) -> bool:
+        """Read the NaN guard's device counters (a host sync: done at log, eval, checkpoint and stop points only).
+        Returns True when `patience` non-finite steps in a row happened since the last read (roll back)."""
+        run, worst, skipped = self._guard_dev.tolist()
+        self._guard_dev[1:] = 0
+        self.guard.consecutive = run
+        self.guard.skipped_total += skipped
+        self._skipped_since_log += skipped
+        return worst >= self.guard.patience
+
+    def _reset_guard_dev(self) -> None:
+        self._guard_dev = torch.tensor([self.guard.consecutive, 0, 0], dtype=torch.int32, device=self.device)
 
     def _log(self, acc: torch.Tensor, n_steps: int, seconds: float, log_path: Path, skipped: int) -> dict[str, Any]:
         """Read the accumulated metrics (the only host sync of a log interval) and write one line."""
@@ -494,36 +526,40 @@ class Trainer:
         old_handler = self._install_sigint()
         reason = "finished"
         t_start = t_log = time.time()
-        steps_since_log = skipped_since_log = 0
+        steps_since_log = 0
+        self._skipped_since_log = 0
         try:
             while self.step < target:
-                finite = self._train_step(acc)
+                self._train_step(acc)
                 steps_since_log += 1
-                if not finite:
-                    skipped_since_log += 1
-                    if self.guard.consecutive >= self.guard.patience:
-                        self._rollback()
-                        acc.zero_()
-                        steps_since_log = skipped_since_log = 0
-                        t_log = time.time()
-                        bar.n = self.step
-                        bar.refresh()
-                        continue
                 bar.update(1)
                 boundary = self.step % cfg.log_every == 0 or self.step == target
+                eval_due = bool(cfg.eval_every) and self.step % cfg.eval_every == 0 and self.step < cfg.total_steps
+                ckpt_due = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0 and self.step < cfg.total_steps
+                stop = self._should_stop(t_start, time_budget_s, boundary)
+                if not (boundary or eval_due or ckpt_due or stop):
+                    continue  # no host sync between sync points: the GPU stays busy
+                if self._sync_guard():  # a run of non-finite steps: back to the last checkpoint
+                    self._rollback()
+                    acc.zero_()
+                    steps_since_log = self._skipped_since_log = 0
+                    t_log = time.time()
+                    bar.n = self.step
+                    bar.refresh()
+                    continue
                 if boundary:
-                    row = self._log(acc, steps_since_log, time.time() - t_log, log_path, skipped_since_log)
+                    row = self._log(acc, steps_since_log, time.time() - t_log, log_path, self._skipped_since_log)
                     history.append(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
                     acc.zero_()
-                    steps_since_log = skipped_since_log = 0
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.total_steps:
+                    steps_since_log = self._skipped_since_log = 0
+                if eval_due:
                     self._log_val(log_path)
                 if boundary:
                     t_log = time.time()
-                if self.step < cfg.total_steps and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                if ckpt_due:
                     self.save()
-                if self._should_stop(t_start, time_budget_s, boundary):
+                if stop:
                     reason = "interrupted" if self._stop_requested else "time"
                     break
             else:
@@ -533,7 +569,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
             bar.close()
         if steps_since_log:
-            history.append(self._log(acc, steps_since_log, time.time() - t_log, log_path, skipped_since_log))
+            history.append(self._log(acc, steps_since_log, time.time() - t_log, log_path, self._skipped_since_log))
         if self.last_val is not None and self.last_val.get("step") == self.step:
             val = {k: v for k, v in self.last_val.items() if k.startswith("val_")}
         else:

@@ -100,10 +100,11 @@ class Optimizers:
     def _optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
         return [(n, o) for n, o in (("muon", self.muon), ("lion", self.lion)) if o is not None]
 
-    def step(self) -> None:
-        """Muon, then Lion (the seed's order); gradients must already be clipped."""
+    def step(self, ok: Tensor | None = None) -> None:
+        """Muon, then Lion (the seed's order); gradients must already be clipped. `ok`: a 0-dim bool tensor on
+        the device; where it is false the step changes nothing (see `nanotrain.optim.gate`)."""
         for _, opt in self._optimizers():
-            opt.step()
+            opt.step(ok=ok)
 
     def zero_grad(self) -> None:
         for _, opt in self._optimizers():

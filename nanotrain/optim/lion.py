@@ -5,7 +5,8 @@
   m ← β2·m + (1−β2)·g
 
 Every parameter group is updated with `torch._foreach_*` ops over its tensors: no per-parameter Python
-arithmetic and no host synchronisation in `step()`.
+arithmetic and no host synchronisation in `step()`. `step(ok=flag)` gates the update on a device-side flag, as
+Muon's does: where it is false, weights and state stay exactly as they were.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from nanotrain.optim.gate import gate_value, zero_grads_unless
 
 
 class Lion(torch.optim.Optimizer):
@@ -33,8 +36,9 @@ class Lion(torch.optim.Optimizer):
                 self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer signature
-        """One update of every parameter that has a gradient."""
+    def step(self, closure=None, ok: Tensor | None = None):  # noqa: ANN001 - torch.optim.Optimizer signature
+        """One update of every parameter that has a gradient; with `ok` (a 0-dim bool tensor on the parameters'
+        device) only where it is true, decided on the device (the gradients are zeroed in place where it is not)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -46,19 +50,25 @@ class Lion(torch.optim.Optimizer):
                 if p.grad is not None:
                     buckets[(p.device, p.dtype)].append(p)
             for params in buckets.values():
-                self._update(group, params)
+                self._update(group, params, ok)
         return loss
 
-    def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _update(self, group: dict[str, Any], params: list[Tensor], ok: Tensor | None) -> None:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         grads = [p.grad for p in params]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        if ok is not None:
+            zero_grads_unless(ok, grads)
         update = torch._foreach_mul(exp_avgs, beta1)
         torch._foreach_add_(update, grads, alpha=1.0 - beta1)     # β1·m + (1−β1)·g
         torch._foreach_sign_(update)
+        if ok is not None:
+            torch._foreach_mul_(update, gate_value(ok, 1.0, 0.0, params[0]))  # a skipped step adds exactly zero
         if group["weight_decay"] != 0.0:
-            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+            decay = 1.0 - lr * group["weight_decay"]
+            torch._foreach_mul_(params, decay if ok is None else gate_value(ok, decay, 1.0, params[0]))
         torch._foreach_add_(params, update, alpha=-lr)
-        torch._foreach_mul_(exp_avgs, beta2)
-        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta2)   # m ← β2·m + (1−β2)·g
+        # m ← β2·m + (1−β2)·g; a skipped step multiplies by 1 and adds the zeroed gradient
+        torch._foreach_mul_(exp_avgs, beta2 if ok is None else gate_value(ok, beta2, 1.0, exp_avgs[0]))
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta2)

@@ -9,7 +9,9 @@ with shape scaling on and NS in bf16 this optimizer computes what torch.optim.Mu
 
 The step is batched: matrices of one group with the same 2-D shape are stacked and orthogonalised by one chain
 of batched matmuls, and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
-value back to the host, so it never synchronises with the GPU. Under DDP the gradients arrive averaged and every
+value back to the host, so it never synchronises with the GPU. `step(ok=flag)` gates the update on a device-side
+flag (`nanotrain.optim.gate`): where the flag is false, weights and momentum stay bit-for-bit as they were, and
+the trainer's NaN guard skips a non-finite step without reading anything back. Under DDP the gradients arrive averaged and every
 rank runs the same (redundant) Newton–Schulz, which keeps the replicas identical.
 """
 
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from nanotrain.optim.gate import gate_value, zero_grads_unless
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_NORM_EPS = 1e-7
@@ -95,8 +99,9 @@ class Muon(torch.optim.Optimizer):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer signature
-        """One update of every parameter that has a gradient."""
+    def step(self, closure=None, ok: Tensor | None = None):  # noqa: ANN001 - torch.optim.Optimizer signature
+        """One update of every parameter that has a gradient; with `ok` (a 0-dim bool tensor on the parameters'
+        device) only where it is true, decided on the device (the gradients are zeroed in place where it is not)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -107,16 +112,22 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is not None:
                     buckets[(as_matrix_shape(p.shape), p.dtype, p.device)].append(p)
             for (shape, _, device), params in buckets.items():
-                self._update_bucket(group, params, shape, device)
+                self._update_bucket(group, params, shape, device, ok)
         return loss
 
     def _update_bucket(self, group: dict[str, Any], params: list[Tensor], shape: tuple[int, int],
-                       device: torch.device) -> None:
-        """Momentum, Newton–Schulz and the weight update for same-shape parameters, as one batch."""
+                       device: torch.device, ok: Tensor | None) -> None:
+        """Momentum, Newton–Schulz and the weight update for same-shape parameters, as one batch. With `ok` false,
+        the gradients are zeroed and every coefficient is gated, so the momentum and weights do not move."""
         beta = group["momentum"]
         grads = [p.grad for p in params]
         bufs = [self.state[p]["momentum_buffer"] for p in params]
-        torch._foreach_lerp_(bufs, grads, 1.0 - beta)              # b_new = β·b_prev + (1−β)·g
+        if ok is None:
+            torch._foreach_lerp_(bufs, grads, 1.0 - beta)          # b_new = β·b_prev + (1−β)·g
+        else:
+            zero_grads_unless(ok, grads)
+            weight = gate_value(ok, 1.0 - beta, 0.0, bufs[0])      # lerp by 0 returns b_prev exactly
+            torch._foreach_lerp_(bufs, grads, [weight] * len(bufs))
         if group["nesterov"]:
             # (1+β)·b_new − β·b_prev == β·b_new + (1−β)·g (substitute b_prev), i.e. lerp(g, b_new, β)
             updates = torch._foreach_lerp(grads, bufs, beta)
@@ -125,8 +136,11 @@ class Muon(torch.optim.Optimizer):
         rows, cols = shape
         stacked = torch.stack([u.reshape(rows, cols) for u in updates])
         ortho = newton_schulz(stacked, group["ns_steps"], dtype=self._ns_dtype_for(device))
+        if ok is not None:
+            ortho = ortho * ok                                      # a skipped step adds exactly zero
         lr = group["lr"]
         lr_eff = lr * max(1.0, rows / cols) ** 0.5 if group["shape_scaling"] else lr
         if group["weight_decay"] != 0.0:
-            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+            decay = 1.0 - lr * group["weight_decay"]
+            torch._foreach_mul_(params, decay if ok is None else gate_value(ok, decay, 1.0, params[0]))
         torch._foreach_add_(params, [o.reshape(p.shape) for o, p in zip(ortho.unbind(0), params)], alpha=-lr_eff)

@@ -86,9 +86,9 @@ def test_trainer_applies_the_schedule_before_each_step(fixture_dataset, tmp_path
     seen: list[dict[str, float]] = []
     orig_step = trainer.opt.step
 
-    def step():
+    def step(ok):
         seen.append({g["name"]: g["lr"] for _, o in trainer.opt._optimizers() for g in o.param_groups})
-        orig_step()
+        orig_step(ok)
 
     trainer.opt.step = step
     res = trainer.fit()
@@ -163,9 +163,10 @@ def test_nan_streak_rolls_back_and_halves_lr(fixture_dataset, tmp_path):
                    nan_guard=NanGuard(patience=3, cooldown=5))
     orig_step = trainer.opt.step
 
-    def step():
-        seen.append((trainer.step + 1, trainer.opt.muon.param_groups[0]["lr"]))
-        orig_step()
+    def step(ok):
+        if ok.item():  # the test reads the device flag; the trainer does not
+            seen.append((trainer.step + 1, trainer.opt.muon.param_groups[0]["lr"]))
+        orig_step(ok)
 
     trainer.opt.step = step
     res = trainer.fit()
@@ -177,6 +178,53 @@ def test_nan_streak_rolls_back_and_halves_lr(fixture_dataset, tmp_path):
     for s in range(5, 10):  # cooldown: 5 steps at half LR
         assert after[s] == pytest.approx(0.5 * tcfg.lr * wsd(s - 1, tcfg))
     assert after[10] == pytest.approx(tcfg.lr * wsd(9, tcfg))
+
+
+def test_training_steps_read_nothing_back_between_sync_points(fixture_dataset, tmp_path, monkeypatch):
+    """The NaN guard decides on the device: no step reads a value back to the host (the only reads are at log,
+    eval and checkpoint points), and a streak found at a later sync point still rolls back to the checkpoint
+    before it. Poisoned steps 6-8, log every 5, checkpoint every 4: the streak is found at step 8 (the checkpoint
+    point, which must not save the streak), the run goes back to step_4."""
+    poisoned = {6, 7, 8}
+    in_step = []
+
+    def hook(step, loss):
+        if step in poisoned:
+            poisoned.discard(step)
+            return loss * float("nan")
+        return loss
+
+    trainer = make(fixture_dataset, tmp_path / "run", tcfg=train_cfg(total_steps=14, ckpt_every=4, log_every=5),
+                   loss_hook=hook, nan_guard=NanGuard(patience=3, cooldown=2))
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _orig=orig, _name=name, **k):
+            if in_step:
+                reads.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    orig_step = trainer._train_step
+
+    def step(acc):
+        in_step.append(1)
+        try:
+            orig_step(acc)
+        finally:
+            in_step.clear()
+
+    trainer._train_step = step
+    saves: list[int] = []
+    orig_save = trainer.save
+    trainer.save = lambda name=None: saves.append(trainer.step) or orig_save(name)
+    res = trainer.fit()
+    assert reads == []
+    assert res.finished and trainer.guard.rollbacks == 1 and trainer.guard.skipped_total == 3
+    assert saves == [4, 8, 12, 14]  # step 8 is saved after the rollback, from clean steps 5-8
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [5, 5, 10, 14]  # step 5 again after the rollback
+    assert all(r["skipped"] == 0 for r in rows if r["kind"] == "train")
 
 
 def test_persistent_nan_aborts_after_three_rollbacks(fixture_dataset, tmp_path):

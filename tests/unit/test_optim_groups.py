@@ -356,10 +356,70 @@ def test_step_and_clip_never_sync_with_the_gpu() -> None:
     torch.cuda.set_sync_debug_mode("error")
     try:
         zero_wavefield_physics_grads(model)
-        clip_grad_norm_(model.parameters(), 1.0)
+        norm = clip_grad_norm_(model.parameters(), 1.0)
         opts.set_lr_scale(0.5)
         opts.step()
+        opts.step(ok=torch.isfinite(norm))  # the NaN guard's gated step
         opts.zero_grad()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _twin_models(weight_decay: float) -> tuple[ShapesModel, ShapesModel, object, object]:
+    torch.manual_seed(0)
+    a = ShapesModel(list(NAMED_SHAPES))
+    b = ShapesModel(list(NAMED_SHAPES))
+    b.load_state_dict(a.state_dict())
+    cfg = TrainConfig(weight_decay=weight_decay)
+    return a, b, build_optimizers(a, cfg), build_optimizers(b, cfg)
+
+
+def _state(model: nn.Module, opts) -> dict[str, torch.Tensor]:
+    out = {f"w.{n}": p.detach().clone() for n, p in model.named_parameters()}
+    for name, opt in opts._optimizers():
+        for i, p in enumerate(opts.parameters()):
+            for k, v in opt.state.get(p, {}).items():
+                out[f"{name}.{i}.{k}"] = v.clone()
+    return out
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_gated_step_equals_the_plain_step_and_a_false_flag_changes_nothing(weight_decay: float) -> None:
+    """`step(ok=True)` is bit-identical to `step()`; `step(ok=False)` with NaN/inf gradients leaves every weight
+    and optimizer buffer exactly as it was (the NaN guard's skip, decided on the device)."""
+    plain, gated, opts_plain, opts_gated = _twin_models(weight_decay)
+    for step in range(3):
+        torch.manual_seed(step)
+        for p, q in zip(plain.parameters(), gated.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opts_plain.set_lr_scale(0.7)
+        opts_gated.set_lr_scale(0.7)
+        opts_plain.step()
+        opts_gated.step(ok=torch.tensor(True))
+    before = _state(gated, opts_gated)
+    reference = _state(plain, opts_plain)
+    assert all(torch.equal(v, reference[k]) for k, v in before.items())
+    for i, q in enumerate(gated.parameters()):
+        q.grad = torch.randn_like(q)
+        q.grad.view(-1)[0] = float("nan") if i % 2 else float("inf")
+    opts_gated.step(ok=torch.tensor(False))
+    after = _state(gated, opts_gated)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, changed
+    assert all(torch.count_nonzero(q.grad) == 0 for q in gated.parameters())  # NaN and inf zeroed, too
+
+
+def test_gated_step_reads_nothing_back_to_the_host() -> None:
+    """On the meta device any host read (.item(), bool(), a tensor used as a Python number) raises, so a gated
+    step that completes there decides everything on the device: what makes the NaN guard sync-free on a GPU."""
+    model = ShapesModel(list(NAMED_SHAPES)).to("meta")
+    opts = build_optimizers(model, TrainConfig(weight_decay=0.05))
+    for p in model.parameters():
+        p.grad = torch.empty_like(p)
+    ok = torch.empty((), dtype=torch.bool, device="meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        bool(ok)  # the probe works: a host read of a meta tensor fails
+    clip_grad_norm_(model.parameters(), 1.0)
+    opts.step(ok=ok)

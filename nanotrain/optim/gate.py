@@ -1,0 +1,25 @@
+"""Device-side gating of an optimizer step: skip a non-finite step without reading a flag back to the host.
+
+The trainer's NaN guard used to read `isfinite(loss) & isfinite(grad norm)` back every step, which makes the host
+wait for the GPU to finish the step before it can queue the next. Instead the flag stays on the device and the
+optimizers take it as `step(ok=flag)`: gradients are zeroed where it is false (`zero_grads_unless`, which also
+clears NaN and inf, unlike a multiplication by 0) and every coefficient that would move a weight or a state buffer
+is chosen on the device (`gate_value`), so a skipped step leaves them bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def gate_value(ok: Tensor, value: float, otherwise: float, like: Tensor) -> Tensor:
+    """A 0-dim tensor on `like`'s device and dtype: `value` where `ok` is true, else `otherwise` (no host read)."""
+    return torch.where(ok, value, otherwise).to(dtype=like.dtype)
+
+
+def zero_grads_unless(ok: Tensor, grads: list[Tensor]) -> None:
+    """Zero every gradient in place where the 0-dim bool `ok` is false (NaN and inf included)."""
+    bad = ~ok
+    for g in grads:
+        g.masked_fill_(bad, 0.0)
