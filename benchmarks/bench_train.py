@@ -128,7 +128,8 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
         from nanotrain.train import objective
 
         step = make_our_step(fwd, compile_fn(objective, args), model, opts, train_cfg, x, y,
-                             common.autocast_dtype(args.dtype), args.fwd_bwd_only)
+                             common.autocast_dtype(args.dtype), args.fwd_bwd_only,
+                             cuda_graphs=args.compile_mode == "reduce-overhead")
         info = {"recipe": recipe, "scale": scale, "mhc_form": mhc_form, **model_info(model, model_cfg, args.seq_len)}
         return step, info
     return common.Variant(name, build)
@@ -143,8 +144,8 @@ def compile_fn(fn, args):
     return torch.compile(fn) if args.compile_mode in (None, "default") else torch.compile(fn, mode=args.compile_mode)
 
 
-def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False
-                  ) -> Callable[[], Any]:
+def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False,
+                  cuda_graphs: bool = False) -> Callable[[], Any]:
     """One update as `nanotrain.train.Trainer._train_step` does it, from the same public parts.
 
     LR scale, autocast forward, `nanotrain.train.objective`, backward, then `nanotrain.train.apply_update` (the
@@ -152,7 +153,9 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
     step, post-step clamps, metric accumulation), zero grads. Nothing is read back to the host, as in the
     Trainer between its log points. Batches come ready on the device (the loader is not timed).
     `fwd` and `objective` are the model and `nanotrain.train.objective`, each compiled with --compile as the
-    Trainer does. `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else.
+    Trainer does. `fwd_bwd_only`: forward, objective, backward, zero grads; nothing else. `cuda_graphs`: they
+    were compiled with mode reduce-overhead, so each step starts with `cudagraph_mark_step_begin()`, as the
+    Trainer's `--cuda-graphs` does.
     """
     import torch
 
@@ -162,6 +165,8 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
     acc = torch.zeros(6, device=x.device)
 
     def step():
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         opts.set_lr_scale(1.0)
         with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = fwd(x)
@@ -251,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = common.resolve_device(args.device)
     common.set_threads(args.threads)
+    malloc_tuned = common.training_process_setup(device)
     if args.recipes:
         args.recipes = recipe_list(args.recipes)
     resolve_settings(args)
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["recipes"] = args.recipes
     settings["mhc_forms"] = forms
     settings["overrides"] = args.set
+    settings["malloc_tuned"] = malloc_tuned
     result = common.run_header(device, settings, "nanolab.bench_train/1")
     peak = result["device"]["peak_bf16_flops"]
     tokens = args.batch_size * args.seq_len

@@ -65,6 +65,18 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def training_process_setup(device: torch.device) -> bool:
+    """The process set-up `nanotrain run` applies on a CPU: glibc keeps freed blocks for reuse instead of unmapping
+    them and faulting them in again (`nanotrain.malloc`). It holds for the whole process, so a reference timed in
+    the same run gets it too. On the 2-core CPU it made both compiled tiny steps ~10% faster (baseline-v1, B=16:
+    ours 691 vs 759 ms, the reference 602 vs 643 ms). Returns whether it was applied."""
+    if device.type != "cpu":
+        return False
+    from nanotrain.malloc import keep_freed_memory
+
+    return keep_freed_memory()
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

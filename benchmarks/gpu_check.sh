@@ -8,6 +8,8 @@
 #          3. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
 #             CUDA-graph decode step (nanoeval.fastdecode)
 #   graphs 4. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
+#          4b. our whole training step at B=2 with CUDA graphs, as `nanotrain run --cuda-graphs` runs it (the
+#             optimiser step stays eager; the step reads nothing back to the host since the sync-free NaN guard)
 #          5. eager B=16 step with mHC as matrix products and as pointwise products (eager is what evaluation
 #             and the sampler run)
 #   extra  6. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
@@ -57,6 +59,8 @@ fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
+  step train_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+    --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
   step eager_b16_forms 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --mhc-forms matmul,pointwise --only "nanotrain[matmul],nanotrain[pointwise],reference-muon" --steps 8 --warmup 2
 fi

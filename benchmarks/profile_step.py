@@ -194,13 +194,14 @@ def main(argv=None) -> int:
     import bench_train as bt
 
     device = common.resolve_device(args.device)
+    malloc_tuned = common.training_process_setup(device)
     args.scale = args.scale or ("full" if device.type == "cuda" else "tiny")
     _, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
     args.seq_len = args.seq_len or tc.seq_len
     print(f"device {common.device_info(device)['name']}, torch {torch.__version__}, {args.recipe} {args.scale}, "
           f"B={args.batch_size} T={args.seq_len}, bf16 autocast{', compiled' if args.compile else ', eager'}, "
           f"mHC form {args.mhc_form}")
-    out = {"settings": vars(args) | {"out": str(args.out)}}
+    out = {"settings": vars(args) | {"out": str(args.out), "malloc_tuned": malloc_tuned}}
     ours = our_step(args, device)
     out["nanotrain"] = time_phases("nanotrain (Muon+Lion)", ours, args, device)
     out["nanotrain_profile"] = top_ops(ours, args, device)

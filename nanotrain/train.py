@@ -202,6 +202,9 @@ class Trainer:
 
     `train_cfg.batch_size` is the GLOBAL batch (rows per step across all ranks), so a run resumes exactly at any
     world size. `loss_hook(step, loss) -> loss` lets tests poison the loss of a given step (NaN guard).
+    `cuda_graphs=True` compiles the model and the loss with CUDA graphs (torch.compile mode "reduce-overhead"),
+    for small batches on one GPU: the training step reads nothing back to the host, so it can be replayed
+    whole; the optimizer step stays eager. It needs a single CUDA process and is not saved with the run.
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class Trainer:
         echo: Callable[[str], None] = print,
         loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         nan_guard: NanGuard | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.dist = dist or DistInfo(device=torch.device(device or "cpu"))
         self.device = self.dist.device if dist is not None else torch.device(device or "cpu")
@@ -237,6 +241,10 @@ class Trainer:
         if dataset.vocab_size > model_cfg.vocab_size:
             raise UserError(f"dataset {dataset.folder}: vocab {dataset.vocab_size} does not fit the model's "
                             f"vocab_size {model_cfg.vocab_size}")
+        if cuda_graphs and (self.device.type != "cuda" or W > 1):
+            where = f"{W} processes" if self.device.type == "cuda" else f"device {self.device.type}"
+            raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")
+        self.cuda_graphs = cuda_graphs
         self.local_batch = train_cfg.batch_size // W
         torch.manual_seed(train_cfg.seed)
         random.seed(train_cfg.seed)
@@ -250,12 +258,14 @@ class Trainer:
 
         self.forward: Callable[..., Any] = wrapped(self.model)
         self.objective: Callable[..., Any] = objective
-        if train_cfg.compile:
-            self.forward = _CompileFallback(wrapped(torch.compile(self.model)), lambda: wrapped(self.model),
-                                            "torch.compile", "continuing without --compile")
+        if train_cfg.compile or cuda_graphs:
+            mode = "reduce-overhead" if cuda_graphs else None
+            self.forward = _CompileFallback(wrapped(torch.compile(self.model, mode=mode)),
+                                            lambda: wrapped(self.model), "torch.compile",
+                                            "continuing without --compile")
             # The loss is compiled too: fused, it costs ~150 ms instead of ~360 ms per tiny CPU step (B=16,
             # T=256, vocab 4096: log-softmax, smoothing and entropy are several passes over the logits eagerly).
-            self.objective = _CompileFallback(torch.compile(objective), lambda: objective,
+            self.objective = _CompileFallback(torch.compile(objective, mode=mode), lambda: objective,
                                               "torch.compile of the loss", "computing it without compiling")
         self.loader = WindowLoader(dataset.tokens("train"), train_cfg.seq_len, self.local_batch, train_cfg.seed,
                                    rank=self.dist.rank, world_size=W)
@@ -438,6 +448,8 @@ class Trainer:
         no weight and no optimizer state (`apply_update`) and counts in the NaN guard's device counters, which
         the loop reads at its sync points (`_sync_guard`)."""
         cfg = self.train_cfg
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer needed
         self.opt.set_lr_scale(self.lr_mult(self.step))
         x, y = self.loader.batch(self.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the model (default: auto = on for invocations of at least "
                         f"{AUTO_COMPILE_MIN_STEPS} steps, where it pays for its 1-1.5 minutes of compiling)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False, help="never torch.compile")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="compile with CUDA graphs (torch.compile mode reduce-overhead): each step replays "
+                        "recorded kernels instead of launching them one by one, for small batches (the "
+                        "recipes' B=2) on one GPU; implies --compile; one CUDA process only")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="checkpoint folder to continue from, or 'auto' for the newest one of this run")
     p.add_argument("--resume-lr", choices=["rewarm", "jump"],
@@ -201,6 +205,9 @@ def run(args: argparse.Namespace, info: Any) -> int:
                             f"{scale} in {', '.join(diff)}")
         model_cfg = saved_model
     _apply_overrides(args, train_cfg)
+    if args.cuda_graphs and (info.device.type != "cuda" or info.world_size > 1):
+        where = f"{info.world_size} processes" if info.device.type == "cuda" else f"device {info.device.type}"
+        raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
@@ -220,7 +227,8 @@ def run(args: argparse.Namespace, info: Any) -> int:
         raise UserError(f"dataset {dataset.folder}: its tokenizer.json differs from the one {source} was trained with")
 
     trainer = Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=dataset, run_dir=run_dir,
-                      recipe=recipe.name, scale=scale, dist=info, progress=not args.no_progress)
+                      recipe=recipe.name, scale=scale, dist=info, progress=not args.no_progress,
+                      cuda_graphs=args.cuda_graphs)
     if source is not None:
         trainer.resume(source)
         say(f"resumed from {source} at step {trainer.step}"

@@ -32,3 +32,26 @@ def test_auto_compile_rule(kw, on):
 def test_explicit_compile_is_left_alone():
     cfg = TrainConfig(total_steps=5, compile=True)
     assert _auto_compile(argparse.Namespace(compile=True, steps=None), cfg, "cpu", 0) is None and cfg.compile
+
+
+def test_cuda_graphs_on_a_cpu_is_one_clear_line_and_writes_nothing(tmp_path, fixture_dataset, capsys):
+    from nanotrain.cli import main
+
+    code = main(["run", "engram-v1", "--cuda-graphs", "--device", "cpu", "--data", str(fixture_dataset),
+                 "--out", str(tmp_path / "runs"), "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--cuda-graphs" in err and "single CUDA process" in err and "device cpu" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_trainer_refuses_cuda_graphs_off_a_gpu(tmp_path, fixture_dataset):
+    from nanotrain.data.shards import Dataset
+    from nanotrain.errors import UserError
+    from nanotrain.recipes import get_recipe
+    from nanotrain.train import Trainer
+
+    model_cfg, train_cfg = get_recipe("baseline-v1").build("tiny")
+    with pytest.raises(UserError, match="--cuda-graphs: needs a single CUDA process"):
+        Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=Dataset(fixture_dataset), run_dir=tmp_path / "r",
+                recipe="baseline-v1", device="cpu", progress=False, cuda_graphs=True)
