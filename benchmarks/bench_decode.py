@@ -139,7 +139,8 @@ def fast_variant(model, prompt_ids: list[int], batch: int, new_tokens: int, devi
 
         def run():
             return decoder.generate_greedy(prompt, new_tokens)
-        return run, {"batch": batch, "compiled": decoder.compiled, "fallback_reason": decoder.fallback_reason}
+        return run, {"batch": batch, "compiled": decoder.compiled, "cuda_graphs": decoder.cuda_graphs,
+                     "fallback_reason": decoder.fallback_reason}
     return common.Variant("fastdecode", build)
 
 

@@ -82,8 +82,11 @@ class StaticDecodeStep(nn.Module):
 class FastDecoder:
     """Greedy decoding for a fixed batch size and length, compiled on CUDA, eager elsewhere or on failure.
 
-    `compile=None` compiles on CUDA only. After construction `compiled` says which path runs and
-    `fallback_reason` why the static/compiled path is not used (None when it is). The decoder owns the model's
+    `compile=None` compiles on CUDA only. After construction `compiled` says which path runs,
+    `fallback_reason` why the static/compiled path is not used (None when it is), and `cuda_graphs` whether the
+    compiled step really replays a CUDA graph: Inductor can compile the step yet skip the graph (it then logs
+    "skipping cudagraphs due to ..." under TORCH_LOGS=cudagraphs, and each token launches every kernel from the
+    host again); the decoder counts Inductor's cudagraph skips while it compiles. The decoder owns the model's
     decoding caches: if something else (e.g. `nanoeval.sample`) cleared or replaced them in between, the next
     call sets them up again (on CUDA that re-records the graph).
     """
@@ -102,6 +105,7 @@ class FastDecoder:
         self.positions = torch.arange(max_len, device=self.device)
         self._step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
         self.compiled = False
+        self.cuda_graphs = False
         if self.static and want_compile:
             self._try_compile()
 
@@ -124,7 +128,10 @@ class FastDecoder:
 
     def _try_compile(self) -> None:
         """Compile the step (CUDA graphs on CUDA) and warm it up; fall back to eager on any error."""
+        from torch._dynamo.utils import counters
+
         eager_step = self._step
+        skips = counters["inductor"]["cudagraph_skips"]
         try:
             self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
             warm = torch.zeros(self.batch_size, 1, dtype=torch.long, device=self.device)
@@ -132,6 +139,7 @@ class FastDecoder:
                 for p in (2, 3, 4):
                     self._step(warm, self.positions[p])
             self.compiled = True
+            self.cuda_graphs = self.device.type == "cuda" and counters["inductor"]["cudagraph_skips"] == skips
         except Exception as e:  # any compiler/backend failure: decoding must still work
             self._step = eager_step
             self.fallback_reason = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"

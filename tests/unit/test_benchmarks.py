@@ -204,7 +204,7 @@ def test_bench_decode_micro_writes_valid_json(tmp_path):
                      ("sampler-kv", 2), ("reference-kv", 2), ("fastdecode", 2)]
     assert all(r["tok_per_s"] > 0 for r in result["results"])
     fast = [r for r in result["results"] if r["name"] == "fastdecode"]
-    assert all(r["compiled"] is False and r["fallback_reason"] is None for r in fast)
+    assert all(r["compiled"] is False and r["cuda_graphs"] is False and r["fallback_reason"] is None for r in fast)
     assert result["settings"]["context"] >= result["settings"]["prompt_tokens"] + 6
     assert set(result["ratios"]) == {"B1:sampler-kv/sampler-recompute", "B1:sampler-kv/reference-kv",
                                      "B1:fastdecode/sampler-kv", "B2:sampler-kv/reference-kv",
@@ -264,6 +264,24 @@ def test_fastdecode_matches_incremental_forward(recipe, static):
     assert torch.equal(got, torch.stack(expected, 1))
     with pytest.raises(ValueError, match="built for batch 3"):
         decoder.generate_greedy(prompt[:2], 4)
+
+
+def test_compiled_fastdecode_decodes_what_the_eager_step_does():
+    """The compiled static step (what CUDA runs, with CUDA graphs) compiled here for the CPU: same greedy tokens as
+    the eager step; `cuda_graphs` stays False off CUDA (Inductor skips the graph for a CPU device)."""
+    from nanoeval.fastdecode import FastDecoder
+    from nanotrain.model.gpt import GPT
+    from nanotrain.recipes import get_recipe
+
+    cfg, _ = get_recipe("baseline-v1").build("tiny")
+    cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size, cfg.n_layers = 32, 4, 2, 64, 300, 2
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    prompt = torch.randint(2, 300, (2, 5))
+    eager = FastDecoder(model, 2, 20, compile=False).generate_greedy(prompt, 12)
+    decoder = FastDecoder(model, 2, 20, compile=True)
+    assert decoder.compiled and decoder.fallback_reason is None and decoder.cuda_graphs is False
+    assert torch.equal(decoder.generate_greedy(prompt, 12), eager)
 
 
 def test_scripts_have_help():
