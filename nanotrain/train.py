@@ -451,8 +451,7 @@ class Trainer:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer needed
         self.opt.set_lr_scale(self.lr_mult(self.step))
-        x, y = self.loader.batch(self.step)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        x, y = self._batch(self.step)
         with self._autocast():
             out = self.forward(x)
         loss, parts = self.objective(out, y, cfg.label_smoothing, self.model_cfg.mtp_weight)
@@ -468,6 +467,14 @@ class Trainer:
         g.copy_(torch.stack((run, torch.maximum(g[1], run), g[2] + bad)))
         self.opt.zero_grad()
         self.step += 1
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's (x, y). On a GPU the windows go over in one copy from pinned memory, which does not wait for
+        the GPU: a copy from pageable memory synchronises the stream first, which would undo the sync-free step."""
+        if self.device.type != "cuda":
+            return self.loader.batch(step)
+        rows = self.loader.windows(step).pin_memory().to(self.device, non_blocking=True)
+        return rows[:, :-1], rows[:, 1:]
 
     def _sync_guard(self) -> bool:
         """Read the NaN guard's device counters (a host sync: done at log, eval, checkpoint and stop points only).

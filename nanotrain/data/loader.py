@@ -50,9 +50,13 @@ class WindowLoader:
         global_starts = rng.integers(0, n_starts, size=self.batch_size * self.world_size, dtype=np.int64)
         return global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def windows(self, step: int) -> torch.Tensor:
+        """This rank's windows for `step`: int64 [batch_size, seq_len + 1], contiguous (one copy to a device)."""
         idx = self.starts(step)[:, None] + self._offsets[None, :]
-        buf = torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
+        return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = self.windows(step)
         return buf[:, :-1], buf[:, 1:]
 
 

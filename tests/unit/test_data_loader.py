@@ -77,3 +77,14 @@ def test_loader_on_a_real_dataset(fixture_dataset):
     x, y = WindowLoader(ds.tokens("train"), seq_len=64, batch_size=2, seed=0).batch(0)
     assert int(x.max()) < ds.vocab_size
     assert next(sequential_batches(ds.tokens("val"), 64, 2))[0].shape == (2, 64)
+
+
+def test_windows_are_the_batch_in_one_contiguous_tensor():
+    """`windows(step)` is what the trainer copies to a GPU in one transfer; x and y are its two shifted views."""
+    tokens = np.arange(5000, dtype=np.uint16)
+    loader = WindowLoader(tokens, seq_len=16, batch_size=3, seed=7)
+    rows = loader.windows(4)
+    x, y = loader.batch(4)
+    assert rows.shape == (3, 17) and rows.dtype == torch.int64 and rows.is_contiguous()
+    assert torch.equal(rows[:, :-1], x) and torch.equal(rows[:, 1:], y)
+    assert not torch.equal(loader.windows(5), rows)
