@@ -372,7 +372,7 @@ def _stream_sample(loaded: Any, prompt: str, settings: SamplingSettings, bypass:
 
     Returns the final fields of the panel, or None when `stop` was set (the page went away) before the end.
     """
-    from nanoeval.sample import SamplingConfig, context_length, iter_generate
+    from nanoeval.sample import SamplingConfig, context_length, iter_generate, streamable_text
 
     room = context_length(loaded.model) - len(loaded.tokenizer.encode(prompt, add_special_tokens=False).ids)
     max_new = min(settings.max_new_tokens, max(room, 1))
@@ -387,7 +387,7 @@ def _stream_sample(loaded: Any, prompt: str, settings: SamplingSettings, bypass:
             if stop.is_set():
                 return None
             sample = samples[0]
-            on_text(sample.text, sample.n_tokens, time.perf_counter() - t0)
+            on_text(streamable_text(sample.text), sample.n_tokens, time.perf_counter() - t0)
     finally:
         steps.close()
     seconds = time.perf_counter() - t0

@@ -270,6 +270,13 @@ def _generate_chunk(model, tokenizer, prompt_ids, chunk, rows, all_samples, conf
             model.clear_cache()
 
 
+def streamable_text(text: str) -> str:
+    """A sample's text as it may be shown while it is still growing: a byte-level token can end mid-character,
+    which decodes to trailing replacement characters until the next tokens complete it, so those are held back
+    and every streamed text is a prefix of the final one."""
+    return text.rstrip("\ufffd")
+
+
 def _extend(sample: Sample, token: int, tokenizer, config: SamplingConfig, on_token, index: int) -> bool:
     """Add one generated token to a sample; returns False once the sample is finished."""
     sample.n_tokens += 1
@@ -284,9 +291,7 @@ def _extend(sample: Sample, token: int, tokenizer, config: SamplingConfig, on_to
             sample.text = sample.text[: min(cuts)]
             sample.finish = "stop"
     if on_token is not None:
-        # A byte-level token can end mid-character: hold back the trailing replacement characters until the
-        # next tokens complete them, so every streamed text is a prefix of the final one.
-        on_token(index, token, sample.text.rstrip("\ufffd"))
+        on_token(index, token, streamable_text(sample.text))
     if sample.finish:
         return False
     if sample.n_tokens >= config.max_new_tokens:

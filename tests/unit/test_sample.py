@@ -222,3 +222,16 @@ def test_streamed_text_holds_back_an_incomplete_character():
         _extend(sample, token, ByteTokenizer(), config, lambda i, t, text: seen.append(text), 0)
     assert seen == ["a", "a", "a", "a€"]
     assert all(sample.text.startswith(s) for s in seen)
+
+
+def test_streamable_text_holds_back_a_partial_character():
+    """A token can end inside a multi-byte character: the partial decode ends in U+FFFD until the next token
+    completes it. Streamed texts drop that tail, so each is a prefix of the final text."""
+    from nanoeval.sample import streamable_text
+
+    euro = "€".encode()
+    partial = euro[:2].decode("utf-8", errors="replace")
+    final = "ab" + euro.decode() + "c"
+    assert partial.endswith("\ufffd") and not final.startswith("ab" + partial)
+    assert final.startswith(streamable_text("ab" + partial)) and streamable_text("ab" + partial) == "ab"
+    assert streamable_text("a\ufffdb") == "a\ufffdb"  # only the growing end is held back
