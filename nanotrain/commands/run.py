@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="compile with CUDA graphs (torch.compile mode reduce-overhead): each step replays "
                         "recorded kernels instead of launching them one by one, for small batches (the "
-                        "recipes' B=2) on one GPU; implies --compile; one CUDA process only")
+                        "recipes' B=2) on one GPU; implies --compile; one CUDA process only (experimental: "
+                        "not yet timed in a whole run, see benchmarks/README.md)")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="checkpoint folder to continue from, or 'auto' for the newest one of this run")
     p.add_argument("--resume-lr", choices=["rewarm", "jump"],
@@ -205,6 +206,8 @@ def run(args: argparse.Namespace, info: Any) -> int:
                             f"{scale} in {', '.join(diff)}")
         model_cfg = saved_model
     _apply_overrides(args, train_cfg)
+    if args.cuda_graphs and args.compile is False:
+        raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
     if args.cuda_graphs and (info.device.type != "cuda" or info.world_size > 1):
         where = f"{info.world_size} processes" if info.device.type == "cuda" else f"device {info.device.type}"
         raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")

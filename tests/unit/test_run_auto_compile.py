@@ -45,6 +45,16 @@ def test_cuda_graphs_on_a_cpu_is_one_clear_line_and_writes_nothing(tmp_path, fix
     assert not (tmp_path / "runs").exists()
 
 
+def test_cuda_graphs_with_no_compile_is_a_contradiction(tmp_path, fixture_dataset, capsys):
+    from nanotrain.cli import main
+
+    code = main(["run", "engram-v1", "--cuda-graphs", "--no-compile", "--data", str(fixture_dataset),
+                 "--out", str(tmp_path / "runs"), "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--cuda-graphs with --no-compile" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_trainer_refuses_cuda_graphs_off_a_gpu(tmp_path, fixture_dataset):
     from nanotrain.data.shards import Dataset
     from nanotrain.errors import UserError
