@@ -4,7 +4,10 @@ The trainer's NaN guard used to read `isfinite(loss) & isfinite(grad norm)` back
 wait for the GPU to finish the step before it can queue the next. Instead the flag stays on the device and the
 optimizers take it as `step(ok=flag)`: gradients are zeroed where it is false (`zero_grads_unless`, which also
 clears NaN and inf, unlike a multiplication by 0) and every coefficient that would move a weight or a state buffer
-is chosen on the device (`gate_value`), so a skipped step leaves them bit-for-bit unchanged.
+is chosen on the device (`gate_value`), so a skipped step leaves them bit-for-bit unchanged. With the flag true,
+the gated step computes exactly what the plain step does for fp32 parameters (what the trainer keeps) and for
+Lion in bf16 (tests check both); Muon's momentum `lerp` with a tensor weight can differ from the Python-number
+weight in the last bit for bf16 buffers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from torch import Tensor
 
 
 def gate_value(ok: Tensor, value: float, otherwise: float, like: Tensor) -> Tensor:
-    """A 0-dim tensor on `like`'s device and dtype: `value` where `ok` is true, else `otherwise` (no host read)."""
+    """A 0-dim tensor in `like`'s dtype, on `ok`'s device: `value` where `ok` is true, else `otherwise` (no host
+    read). `like`'s dtype because foreach `mul` applies a Python-number coefficient rounded to the tensor's dtype."""
     return torch.where(ok, value, otherwise).to(dtype=like.dtype)
 
 

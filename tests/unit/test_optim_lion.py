@@ -72,3 +72,17 @@ def test_lion_validates_arguments() -> None:
         Lion([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="lr"):
         Lion([torch.nn.Parameter(torch.zeros(1))], lr=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_step_with_a_true_flag_is_the_plain_step(dtype) -> None:
+    torch.manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(64, dtype=dtype))
+    b = torch.nn.Parameter(a.detach().clone())
+    plain, gated = Lion([a], lr=0.3, weight_decay=0.1), Lion([b], lr=0.3, weight_decay=0.1)
+    for _ in range(3):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+        plain.step()
+        gated.step(ok=torch.tensor(True))
+    assert torch.equal(a, b) and torch.equal(plain.state[a]["exp_avg"], gated.state[b]["exp_avg"])
