@@ -55,14 +55,14 @@ if [[ $PART == core || $PART == all ]]; then
     --only nanotrain,reference-muon --steps 20 --warmup 3
   # TORCH_LOGS=cudagraphs: Inductor's reason, in the log, if it compiles the decode step but skips its CUDA graph
   # (the JSON's cuda_graphs field says whether that happened; 553 tok/s at B=1 on the H200 suggested it may)
-  TORCH_LOGS=cudagraphs step decode 180 bench_decode.py --device cuda --scale full --batch-sizes 1,64 --repeats 2 --warmup 1 \
-    --no-recompute
+  TORCH_LOGS=cudagraphs step decode 180 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
+    --repeats 2 --warmup 1 --no-recompute
 fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
-  TORCH_LOGS=cudagraphs step train_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
-    --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
+  TORCH_LOGS=cudagraphs step train_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 \
+    --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
   step eager_b16_forms 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --mhc-forms matmul,pointwise --only "nanotrain[matmul],nanotrain[pointwise],reference-muon" --steps 8 --warmup 2
 fi

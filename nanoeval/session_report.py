@@ -485,7 +485,8 @@ def build_report(folder: str | Path) -> str:
                                                      f"{r.val[-1]['step']:,}" if r.val else "") + ".", ""]
     lines += ["Rows are the logged steps nearest to the original report's steps, taken at the same fraction of each "
               "run's own segment (seed-spec §11). Loss: objective; CE: next-token NLL; Entropy: mean predictive "
-              "entropy (the original's \"H\"; estimated on every 4th sequence of each batch); LR: Muon LR of the next update; gnorm: pre-clip gradient norm.", "",
+              "entropy (the original's \"H\"; estimated on every 4th sequence of each batch); LR: Muon LR of the "
+              "next update; gnorm: pre-clip gradient norm.", "",
               "## Sample generations", ""]
     for r in runs:
         lines += [f"### {r.name}", ""] + _sample_block(r) + [""]

@@ -135,6 +135,13 @@ def apply_update(model: GPT, opt: Any, params: list[torch.Tensor], loss: torch.T
     return ok
 
 
+def check_cuda_graphs(device: torch.device, world_size: int) -> None:
+    """UserError unless CUDA graphs can be used: one process on a CUDA device (`--cuda-graphs`)."""
+    if device.type != "cuda" or world_size > 1:
+        where = f"{world_size} processes" if device.type == "cuda" else f"device {device.type}"
+        raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")
+
+
 class _CompileFallback:
     """Calls `compiled`; if its first call raises (a compiler failure: Inductor and Dynamo raise many types), says
     so once on stderr and uses `make_eager()` from then on, so a failed compile slows a run instead of ending it."""
@@ -249,9 +256,8 @@ class Trainer:
         if dataset.vocab_size > model_cfg.vocab_size:
             raise UserError(f"dataset {dataset.folder}: vocab {dataset.vocab_size} does not fit the model's "
                             f"vocab_size {model_cfg.vocab_size}")
-        if cuda_graphs and (self.device.type != "cuda" or W > 1):
-            where = f"{W} processes" if self.device.type == "cuda" else f"device {self.device.type}"
-            raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")
+        if cuda_graphs:
+            check_cuda_graphs(self.device, W)
         self.cuda_graphs = cuda_graphs
         self.local_batch = train_cfg.batch_size // W
         torch.manual_seed(train_cfg.seed)

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace, info: Any) -> int:
     from nanotrain.data.shards import Dataset
     from nanotrain.paths import default_runs_dir
     from nanotrain.recipes import get_recipe
-    from nanotrain.train import Trainer
+    from nanotrain.train import Trainer, check_cuda_graphs
 
     say = print if info.is_main else (lambda *a, **k: None)
     _positive(args)
@@ -208,9 +208,8 @@ def run(args: argparse.Namespace, info: Any) -> int:
     _apply_overrides(args, train_cfg)
     if args.cuda_graphs and args.compile is False:
         raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
-    if args.cuda_graphs and (info.device.type != "cuda" or info.world_size > 1):
-        where = f"{info.world_size} processes" if info.device.type == "cuda" else f"device {info.device.type}"
-        raise UserError(f"--cuda-graphs: needs a single CUDA process (this run: {where})")
+    if args.cuda_graphs:
+        check_cuda_graphs(info.device, info.world_size)  # before the dataset is built, not in the Trainer
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
