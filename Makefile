@@ -34,6 +34,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py --device cpu
+	$(BIN)/python benchmarks/bench_train.py --device cpu --compile --out benchmarks/results/bench_train_cpu_compiled.json
 	$(BIN)/python benchmarks/bench_decode.py --device cpu
 	$(BIN)/python benchmarks/bench_score.py
 

@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ModelConfig field, e.g. --set dim=64 (repeatable; for micro runs)")
     p.add_argument("--mhc-forms", default="auto", metavar="LIST",
-                   help="comma list of mHC forms for our step (auto, matmul, pointwise; see nanotrain/model/mhc.py): "
-                        "one nanotrain variant per form, e.g. matmul,pointwise to compare them in one run "
+                   help="comma list of mHC forms for our step (auto, plain, per-row; see nanotrain/model/mhc.py): "
+                        "one nanotrain variant per form, e.g. auto,plain to compare them in one run "
                         "(default auto; with --recipes a single form)")
     p.add_argument("--only", default=None, metavar="LIST",
                    help="comma list of variants to run (nanotrain or nanotrain[FORM], reference-adamw, reference-muon)")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from nanotrain.errors import UserError
+from nanotrain.model.mhc import to_original
 
 BLOCK_NAME = re.compile(r"^(blocks|local_before|local_after)\.\d+$|^shared_loop$")
 
@@ -49,16 +50,15 @@ def _hook_blocks(model: torch.nn.Module, record: list):
     for name, module in model.named_modules():
         if BLOCK_NAME.match(name):
             def hook(_mod, _inp, out, name=name):
-                tensor = out[0] if isinstance(out, (tuple, list)) else out
-                record.append((name, tensor.detach().float().clone()))
+                streams = out[0] if name == "shared_loop" else out  # the loop block returns (streams, state, p)
+                record.append((name, to_original(streams).detach().float().clone()))
             handles.append(module.register_forward_hook(hook))
     return handles
 
 
 def _prefix(streams: torch.Tensor, cut: int) -> torch.Tensor:
-    """Positions 0..cut of a block output: mHC streams [N, B, T, dim], or [B, T, dim] for a plain stream."""
-    time_axis = 2 if streams.dim() == 4 else 1
-    return streams.narrow(time_axis, 0, cut + 1)
+    """Positions 0..cut of a block's output streams [N, B, T, dim]."""
+    return streams.narrow(2, 0, cut + 1)
 
 
 def _run(model, ids, bypass: bool) -> tuple[torch.Tensor, list]:

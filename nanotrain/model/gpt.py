@@ -24,7 +24,7 @@ from nanotrain.errors import UserError
 from nanotrain.model.attention import Attention, KVCache, rope_tables
 from nanotrain.model.engram import Engram, hash_indices, hash_primes, hash_tables
 from nanotrain.model.loop import SharedLoopBlock
-from nanotrain.model.mhc import MHCLite, collapse_streams, expand_streams
+from nanotrain.model.mhc import MHCLite, Streams, collapse_streams, expand_streams
 from nanotrain.model.mlp import SwiGLU
 from nanotrain.model.mtp import MTPHeads
 from nanotrain.model.norm import RMSNorm
@@ -98,9 +98,9 @@ class Block(nn.Module):
         """True for a bidirectional wavefield layer."""
         return hasattr(self, "wavefield") and not self.wavefield.causal
 
-    def forward(self, streams: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                hash_idx: torch.Tensor | None, start_pos: int | None, bypass_noncausal: bool) -> torch.Tensor:
-        """Streams [N, B, T, dim] -> streams; a bypassed non-causal layer skips its whole mixing sub-layer."""
+    def forward(self, streams: Streams, rope: tuple[torch.Tensor, torch.Tensor],
+                hash_idx: torch.Tensor | None, start_pos: int | None, bypass_noncausal: bool) -> Streams:
+        """mHC streams -> streams; a bypassed non-causal layer skips its whole mixing sub-layer."""
         if not (bypass_noncausal and self.noncausal):
             u = self.mhc_attn.prepare(streams)
             if self.engram is not None:

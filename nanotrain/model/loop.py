@@ -22,7 +22,7 @@ from torch import nn
 
 from nanotrain.config import ModelConfig
 from nanotrain.model.attention import Attention, KVCache
-from nanotrain.model.mhc import MHCLite
+from nanotrain.model.mhc import MHCLite, Streams
 from nanotrain.model.mlp import SwiGLU
 from nanotrain.model.norm import RMSNorm
 from nanotrain.model.quant import make_linear
@@ -58,8 +58,8 @@ class SharedLoopBlock(nn.Module):
         self.exit_gate = ExitGate(cfg.dim)
         self.kv_caches = nn.ModuleList(KVCache() for _ in range(cfg.loop_count))
 
-    def forward(self, streams: torch.Tensor, state: torch.Tensor | None, iteration: int,
-                start_pos: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, streams: Streams, state: torch.Tensor | None, iteration: int,
+                start_pos: int | None = None) -> tuple[Streams, torch.Tensor, torch.Tensor]:
         """One iteration: returns (streams, new global state, exit probability)."""
         normed = self.norm_attn(self.mhc_attn.prepare(streams))
         a = self.attn(normed, None, start_pos, self.kv_caches[iteration])

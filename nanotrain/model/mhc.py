@@ -1,47 +1,53 @@
 """mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (seed-spec §2.2-2.3).
 
-Streams are held as one tensor X [N, B, T, dim] (stream first). Per sub-layer (`mhc_attn`, `mhc_ffn`):
-- expand(x):  every stream starts as a copy of x (done once, after the embedding).
-- prepare(X): sum_i h_pre[i] * X[i],  h_pre = sigmoid(pre_logits + pre_bias)      -> the sub-layer input.
-- apply(X, o): X[i] += h_post[i] * o,  h_post = 2*sigmoid(post_logits + post_bias), THEN mix the streams with a
-  doubly stochastic matrix: N=2 uses [[a, 1-a], [1-a, a]] with a = sigmoid(alpha_logit) (residual before mixing,
+The maths, per sub-layer (`mhc_attn`, `mhc_ffn`), on streams X_0..X_{N-1} (each [B, T, dim]):
+- expand(x):  every stream starts as a copy of x (once, after the embedding).
+- prepare(X): sum_i h_pre[i] * X_i,  h_pre = sigmoid(pre_logits + pre_bias)      -> the sub-layer input.
+- apply(X, o): X_i += h_post[i] * o,  h_post = 2*sigmoid(post_logits + post_bias), THEN mix the streams with a
+  doubly stochastic matrix M: N=2 uses [[a, 1-a], [1-a, a]] with a = sigmoid(alpha_logit) (residual before mixing,
   seed fix 95be2f9); N>2 uses a Sinkhorn-normalised exp(mix_logits).
 - collapse(X): the mean of the streams (before the final norm).
-Two forms of prepare/apply, same maths (a test checks value and gradient agree in fp64):
-- "matmul": matrix products over the flattened streams ([N, B*T*dim]). Eager mode runs it with fewer passes over
-  the streams than broadcasting (2-core CPU, one fp32 block forward+backward at [2, 16, 256, 256]: 21.9 vs
-  43.9 ms), and its gain gradients are matrix products. Compiled for an H200 (torch 2.11, B=16, T=1024) it took the
-  step from 639 to 207 ms, but cuBLAS still runs these K<=2 products far below memory bandwidth (in 16-17 fp32
-  SIMT launches each, by the profile's counts): ~115 ms of the 207 ms step.
-- "pointwise": broadcast products and sums, which Inductor fuses with the neighbouring norm and elementwise ops. The
-  gains are first expanded to one copy per row ([N, B, T, 1]; the mix to [N, N, B, T, 1]), so that the backward
-  computes their gradients in two stages: a per-row reduction over dim (the shape Inductor fuses well with the
-  RMSNorm backward), then a sum over the rows. Written as plain broadcasts (no per-row stage), Inductor fused
-  the whole B*T*dim reduction into the RMSNorm backward: ~7 ms kernels, 639 ms per step on the H200. On the CPU
-  the per-row stage made the compiled tiny training step 1.45x faster than the plain broadcasts (one thread,
-  baseline-v1, B=16, T=256: 2.03 and 1.96 s against 3.06 and 2.81 s per step, alternating runs).
-`MHCLite.form` picks one: "auto" (default) uses "pointwise" when torch.compile traces for the CPU or traces without
-autograd (decoding: no gain gradients, and the pointwise ops fuse, so a decode step launches fewer kernels), and
-"matmul" otherwise: eager mode, and compiled training on a GPU, the only form measured there so far
-(benchmarks/gpu_check.sh times both). `set_mhc_form(model, form)` sets it for a whole model.
-N=1 is a plain residual stream: prepare is the identity and apply is x + o (no parameters).
+
+How the streams are held (`Streams`, a tuple of [B, T, dim] tensors; `to_original`/`from_original` convert):
+- N=1: (x,), a plain residual stream: prepare is the identity and apply is x + o (no parameters).
+- N=2 (every recipe): (P, Q) with P = (X_0 + X_1)/2 and Q = (X_0 - X_1)/2. The 2x2 mix is diagonal in this basis:
+  it keeps P (M is doubly stochastic, so the mean is preserved) and scales Q by c = 2a - 1. So
+      prepare = (h0 + h1) P + (h0 - h1) Q
+      apply:    P' = P + g_p o,   Q' = c Q + g_q o,   g_p = (h0' + h1')/2,  g_q = c (h0' - h1')/2
+  (h = h_pre, h' = h_post), expand is (x, 0) and collapse is P (see `collapse_streams`). Same maths as the
+  stream basis, but every step is a scalar multiply-add: no 2x2 products over [2, B*T*dim] and no cross-stream
+  reads in apply, so compiled code fuses P's and Q's updates separately. The earlier forms on stacked
+  [N, B, T, dim] streams (2x2 matrix products; broadcast products) cost cuBLAS K<=2 products on the GPU (~115 ms
+  of a 207 ms full-scale B=16 step on an H200) and ~7% of the compiled CPU step. On the 2-core CPU (compiled tiny
+  baseline-v1 training step, B=16, T=256) this basis took the step from 0.93 to 0.96-0.97 of the reference's
+  speed (benchmarks/README.md).
+- N>2: (X_0, ..., X_{N-1}) in the stream basis, mixed by pointwise sums over the N x N matrix.
+
+Two forms of the same arithmetic, `MHCLite.form` (a test checks value and gradients agree in fp64):
+- "plain": the gains are 0-dim tensors (`addcmul` in apply and prepare: one kernel for P', two for Q').
+- "per-row": the gains are expanded to one copy per row ([B, T, 1]) before they multiply, so the backward
+  computes each gain's gradient in two stages: a per-row reduction over dim (the shape Inductor fuses well with
+  the RMSNorm backward next to it) and then a sum over the rows. With plain broadcasts Inductor once fused the
+  whole B*T*dim reduction into the RMSNorm backward (~7 ms kernels, 639 ms per full-scale step on an H200).
+"auto" (default) uses "per-row" while torch.compile traces with autograd on (training, on any device, so the CPU
+tests run the form compiled GPU training uses) and "plain" otherwise (eager, and compiled decoding).
+`set_mhc_form(model, form)` sets it for a whole model.
 
 Initialisation (`mhc_init`):
 - "seed": the original, fully symmetric init (alpha_logit 0, pre/post logits 0, biases 0.5). Both streams stay
-  bit-identical forever, so d loss / d alpha_logit is exactly 0 and mHC reduces to a scalar residual gain.
+  bit-identical forever (Q stays exactly 0), so d loss / d alpha_logit is exactly 0 and mHC reduces to a scalar
+  residual gain.
 - "broken" (default): the per-stream logits start at distinct values, pre_logits = post_logits = linspace(+0.5,
   -0.5) over the streams, and alpha_logit = 1 (a = 0.73). Distinct write gains h_post make the streams differ after
   the first sub-layer, the mix no longer averages them away (a != 0.5), and distinct read gains h_pre make the two
   streams' gradients differ, so alpha_logit receives a gradient from the first step. Biases keep the seed's 0.5.
   For N>2, mix_logits start at 1 on the diagonal (mostly keep your own stream) instead of the seed-like zeros.
 The mix of the model's very last sub-layer is structurally inert: collapse takes the stream mean, and a doubly
-stochastic mix preserves it, so that one alpha_logit never gets a gradient (in the seed too).
+stochastic mix preserves it, so that one alpha_logit only ever gets an exact zero gradient (in the seed too).
 `clamp_()` is the seed's post-step clamp of the mixing logits to [-3, 3] (in place, no host sync).
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import nn
@@ -49,15 +55,43 @@ from torch import nn
 MIX_CLAMP = 3.0
 SINKHORN_ITERS = 20
 
-
-def expand_streams(x: torch.Tensor, n_streams: int) -> torch.Tensor:
-    """x [B, T, dim] -> X [N, B, T, dim] with N identical copies."""
-    return x.unsqueeze(0).expand(n_streams, *x.shape).contiguous()
+Streams = tuple[torch.Tensor, ...]
 
 
-def collapse_streams(streams: torch.Tensor) -> torch.Tensor:
-    """X [N, B, T, dim] -> the mean stream [B, T, dim]."""
-    return streams.mean(dim=0)
+def expand_streams(x: torch.Tensor, n_streams: int) -> Streams:
+    """x [B, T, dim] -> N streams that are all x: (x, 0) in the (P, Q) basis for N=2, else N references to x."""
+    if n_streams == 2:
+        return x, torch.zeros_like(x)
+    return (x,) * n_streams
+
+
+def collapse_streams(streams: Streams) -> torch.Tensor:
+    """The mean stream [B, T, dim]: P for N=2.
+
+    For N=2 it returns P + 0*Q, which is P, NaN or inf in Q aside (the stream mean (X_0 + X_1)/2 is NaN there
+    too). The zero term keeps Q, and so the last sub-layer's alpha_logit, in the autograd graph. That alpha gets
+    an exact zero gradient, as in the stream basis, rather than none, so DDP does not see an unused parameter.
+    """
+    if len(streams) == 1:
+        return streams[0]
+    if len(streams) == 2:
+        return streams[0] + streams[1] * 0
+    return sum(streams[1:], streams[0]) / len(streams)
+
+
+def to_original(streams: Streams) -> torch.Tensor:
+    """The streams X [N, B, T, dim] in the seed's basis (for tests and inspection; training never needs it)."""
+    if len(streams) == 2:
+        p, q = streams
+        return torch.stack((p + q, p - q))
+    return torch.stack(streams)
+
+
+def from_original(x: torch.Tensor) -> Streams:
+    """The inverse of `to_original`: X [N, B, T, dim] -> streams."""
+    if x.shape[0] == 2:
+        return (x[0] + x[1]) / 2, (x[0] - x[1]) / 2
+    return tuple(x.unbind(0))
 
 
 def sinkhorn(logits: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
@@ -69,37 +103,28 @@ def sinkhorn(logits: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
     return log_m.exp()
 
 
-MHC_FORMS = ("auto", "matmul", "pointwise")
+MHC_FORMS = ("auto", "plain", "per-row")
 
 
-def _pointwise(form: str, streams: torch.Tensor) -> bool:
-    """Whether prepare/apply run in the pointwise form (see the module docstring for when "auto" picks it)."""
+def _per_row(form: str) -> bool:
+    """Whether prepare/apply expand their gains per row (see the module docstring for when "auto" does)."""
     if form != "auto":
-        return form == "pointwise"
-    if not torch.compiler.is_compiling():
-        return False
-    return streams.device.type == "cpu" or not torch.is_grad_enabled()
+        return form == "per-row"
+    return torch.compiler.is_compiling() and torch.is_grad_enabled()
 
 
-def _per_row(gains: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
-    """Gains [..., N] -> [..., N, B, T, 1]: one copy per row, so their gradient is first reduced row by row."""
-    return gains.view(*gains.shape, 1, 1, 1).expand(*gains.shape, *streams.shape[1:-1], 1)
+def _rows(gain: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim gain -> [B, T, 1], one copy per row of `like` [B, T, dim]."""
+    return gain.view([1] * like.dim()).expand(*like.shape[:-1], 1)
 
 
 def set_mhc_form(model: nn.Module, form: str) -> None:
-    """Set `form` ("auto", "matmul" or "pointwise") on every mHC module of `model`."""
+    """Set `form` ("auto", "plain" or "per-row") on every mHC module of `model`."""
     if form not in MHC_FORMS:
         raise ValueError(f"mHC form must be one of {', '.join(MHC_FORMS)}, got {form!r}")
     for m in model.modules():
         if isinstance(m, MHCLite):
             m.form = form
-
-
-def _no_autocast(t: torch.Tensor):
-    """The stream arithmetic stays in the streams' dtype (fp32) even inside a bf16 autocast region."""
-    if t.device.type not in ("cpu", "cuda"):  # meta tensors (shape checks) have no autocast
-        return contextlib.nullcontext()
-    return torch.autocast(t.device.type, enabled=False)
 
 
 class MHCLite(nn.Module):
@@ -131,30 +156,51 @@ class MHCLite(nn.Module):
             return torch.stack((torch.stack((a, 1 - a)), torch.stack((1 - a, a))))
         return sinkhorn(self.mix_logits)
 
-    def prepare(self, streams: torch.Tensor) -> torch.Tensor:
-        """X [N, B, T, dim] -> the sub-layer input [B, T, dim]: sum_i h_pre[i] X[i]."""
+    def prepare(self, streams: Streams) -> torch.Tensor:
+        """Streams -> the sub-layer input [B, T, dim]: sum_i h_pre[i] X_i."""
         if self.n_streams == 1:
             return streams[0]
-        h_pre = torch.sigmoid(self.pre_logits + self.pre_bias).to(streams.dtype)
-        if _pointwise(self.form, streams):
-            return (_per_row(h_pre, streams) * streams).sum(dim=0)
-        with _no_autocast(streams):
-            return torch.mm(h_pre.view(1, -1), streams.view(self.n_streams, -1)).view(streams.shape[1:])
+        first = streams[0]
+        h_pre = torch.sigmoid(self.pre_logits + self.pre_bias).to(first.dtype)
+        if self.n_streams == 2:
+            weights = (h_pre[0] + h_pre[1], h_pre[0] - h_pre[1])
+        else:
+            weights = h_pre.unbind(0)
+        return self._weighted_sum(weights, streams)
 
-    def apply(self, streams: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Add h_post[i]*out to stream i, then mix: M (X + h_post out^T) = M X + (M h_post) out^T."""
+    def apply(self, streams: Streams, out: torch.Tensor) -> Streams:
+        """Add h_post[i]*out to stream i, then mix (for N=2: P' = P + g_p out, Q' = c Q + g_q out)."""
         if self.n_streams == 1:
-            return streams + out.unsqueeze(0)
-        n = self.n_streams
-        h_post = (2 * torch.sigmoid(self.post_logits + self.post_bias)).to(streams.dtype)
-        with _no_autocast(streams):
-            mix = self.mixing_matrix().to(streams.dtype)
-            if _pointwise(self.form, streams):
-                written = streams + _per_row(h_post, streams) * out.unsqueeze(0)
-                return (_per_row(mix, streams) * written.unsqueeze(0)).sum(dim=1)
-            gain = (mix @ h_post).view(n, 1)
-            mixed = torch.addmm(torch.mm(mix, streams.view(n, -1)), gain, out.reshape(1, -1).to(streams.dtype))
-        return mixed.view(streams.shape)
+            return (streams[0] + out,)
+        dtype = streams[0].dtype
+        h_post = (2 * torch.sigmoid(self.post_logits + self.post_bias)).to(dtype)
+        if self.n_streams == 2:
+            c = (2 * torch.sigmoid(self.alpha_logit[0]) - 1).to(dtype)
+            scales = (None, c)
+            gains = ((h_post[0] + h_post[1]) / 2, c * (h_post[0] - h_post[1]) / 2)
+            mixed = streams
+        else:  # X'_j = sum_i M[j, i] X_i + (M h_post)_j out, all pointwise
+            mix = self.mixing_matrix().to(dtype)
+            scales = (None,) * self.n_streams
+            gains = tuple((mix * h_post).sum(dim=1).unbind(0))
+            mixed = tuple(self._weighted_sum(row.unbind(0), streams) for row in mix)
+        if _per_row(self.form):
+            like = streams[0]
+            return tuple((s if k is None else _rows(k, like) * s) + _rows(g, like) * out
+                         for s, k, g in zip(mixed, scales, gains))
+        return tuple(torch.addcmul(s if k is None else s * k, out, g) for s, k, g in zip(mixed, scales, gains))
+
+    def _weighted_sum(self, weights: tuple[torch.Tensor, ...], streams: Streams) -> torch.Tensor:
+        """sum_i weights[i] * streams[i] with 0-dim weights, per row or plain as the form says."""
+        if _per_row(self.form):
+            total = _rows(weights[0], streams[0]) * streams[0]
+            for w, s in zip(weights[1:], streams[1:]):
+                total = total + _rows(w, s) * s
+            return total
+        total = streams[0] * weights[0]
+        for w, s in zip(weights[1:], streams[1:]):
+            total = torch.addcmul(total, s, w)
+        return total
 
     @torch.no_grad()
     def clamp_(self) -> None:
