@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe scale (default: tiny on cpu, full on cuda)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the recipe's)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the recipe's)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5 cpu, 20 cuda)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 8 cpu, 20 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 cpu, 5 cuda)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our forward and loss (as the Trainer's compile option does) and the "
@@ -236,7 +236,7 @@ def resolve_settings(args) -> None:
     cuda = args.device == "cuda"
     args.scale = args.scale or ("full" if cuda else "tiny")
     args.compile = args.compile or args.compile_mode is not None
-    args.steps = args.steps if args.steps is not None else (20 if cuda else 5)
+    args.steps = args.steps if args.steps is not None else (20 if cuda else 8)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     first = args.recipes[0] if args.recipes else args.recipe
     _, train_cfg = build_model_cfg(first, args.scale, args.set)
