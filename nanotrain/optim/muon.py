@@ -11,8 +11,8 @@ The step is batched: matrices of one group with the same 2-D shape are stacked a
 of batched matmuls, and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
 value back to the host, so it never synchronises with the GPU. `step(ok=flag)` gates the update on a device-side
 flag (`nanotrain.optim.gate`): where the flag is false, weights and momentum stay bit-for-bit as they were, and
-the trainer's NaN guard skips a non-finite step without reading anything back. Under DDP the gradients arrive averaged and every
-rank runs the same (redundant) Newton–Schulz, which keeps the replicas identical.
+the trainer's NaN guard skips a non-finite step without reading anything back. Under DDP the gradients arrive
+averaged and every rank runs the same (redundant) Newton–Schulz, which keeps the replicas identical.
 """
 
 from __future__ import annotations
