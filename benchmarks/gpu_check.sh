@@ -2,26 +2,31 @@
 # The GPU benchmark set, for a session with a lent GPU. Three parts, each under 10 minutes on one H100/H200, so
 # each fits one call of the device tool (which stops a command at 10 minutes); run them back to back on the warm
 # machine (a later part reuses what an earlier one compiled when the graphs match: TORCHINDUCTOR_CACHE_DIR).
-#   core   1. train, full baseline-v1 shapes, B=16 T=1024, compiled: nanotrain with mHC in its default compiled
-#             training form (per-row gains) and in the plain form, vs reference AdamW and batched Muon
-#          2. the same at the seed's batch, B=2, compiled: nanotrain (default form) vs reference batched Muon
-#          3. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
-#             CUDA-graph decode step (nanoeval.fastdecode)
-#   graphs 4. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
-#          4b. our whole training step at B=2 with CUDA graphs, as `nanotrain run --cuda-graphs` runs it (the
-#             optimiser step stays eager; the step reads nothing back to the host since the sync-free NaN guard)
-#          5. eager B=16 step vs the reference with batched Muon (eager is what `--no-compile`, evaluation and
+#   core   1. train, full baseline-v1 shapes, B=16 T=1024, compiled: nanotrain vs reference AdamW and batched Muon
+#          2. the same at the seed's batch, B=2, compiled: nanotrain vs reference batched Muon
+#          3. our whole training step at B=2 with CUDA graphs, as `nanotrain run --cuda-graphs` runs it (the
+#             optimiser step stays eager; the step reads nothing back to the host since the sync-free NaN guard).
+#             B=2 is host-bound (third H200 run: 56.1 ms measured against ~27 ms of device work), so this is the
+#             number the B=2 and 25-minute targets hang on
+#          4. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
+#             CUDA-graph decode step (nanoeval.fastdecode, q/k/v and gate/up fused since the sixth session)
+#   graphs 5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
+#          6. B=2 compiled, mHC gains per-row (the default under compile) vs plain: B=2 is host-bound and plain
+#             generates ~10% fewer kernels (1,383 vs 1,520 for one forward+backward, counted on the CPU); at B=16
+#             the two were equal (89.7 vs 90.3 ms)
+#          7. eager B=16 step vs the reference with batched Muon (eager is what `--no-compile`, evaluation and
 #             the sampler run)
-#   extra  6. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
+#   extra  8. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
 #             step times give the wall time of the original session's four runs)
-#          7. recipes at B=16, eager (the ratio targets)
-#          8. profile_step.py at B=16, compiled: per-phase split and top kernels of our step (MHC_FORM=plain
+#          9. recipes at B=16, eager (the ratio targets)
+#         10. profile_step.py at B=16, compiled: per-phase split and top kernels of our step (MHC_FORM=plain
 #             in the environment profiles that form instead of the default)
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26: compiling our full-scale step takes 75-85 s (at each batch
-# size), the reference's ~40 s, fastdecode's step ~35 s; an eager sampler run of 256 tokens ~5 s. Each part runs
-# in under 10 minutes; a session with 15 minutes of device time gets through `core` and then `graphs`.
+# size), the reference's ~40 s, fastdecode's step ~35-45 s; an eager sampler run of 256 tokens ~5 s. `core` took
+# 532 s in the third run (before step 3 replaced the plain-form variant at B=16); a session's 15 minutes of device
+# time, machine start included, fit `core` plus one ~4-minute command.
 # Usage: bash benchmarks/gpu_check.sh [core|graphs|extra|all]   (default all; PY=python3; repo on PYTHONPATH)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,20 +54,22 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...
 echo "=== part: $PART" | tee -a "$LOG"
 
 if [[ $PART == core || $PART == all ]]; then
-  step train_b16 260 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
-    --mhc-forms auto,plain --steps 10 --warmup 3
+  step train_b16 200 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 --compile \
+    --steps 10 --warmup 3
   step train_b2 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \
     --only nanotrain,reference-muon --steps 20 --warmup 3
-  # TORCH_LOGS=cudagraphs: Inductor's reason, in the log, if it compiles the decode step but skips its CUDA graph
-  # (the JSON's cuda_graphs field says whether that happened; 553 tok/s at B=1 on the H200 suggested it may)
-  TORCH_LOGS=cudagraphs step decode 180 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
+  TORCH_LOGS=cudagraphs step train_b2_graphs 130 bench_train.py --device cuda --scale full --batch-size 2 \
+    --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
+  # TORCH_LOGS: Inductor's reason if it skips the decode step's CUDA graph, and Dynamo's for any recompile (the
+  # third run compiled the step twice per batch size: frames [0/0] and [0/1])
+  TORCH_LOGS=cudagraphs,recompiles step decode 150 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
     --repeats 2 --warmup 1 --no-recompute
 fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
-  TORCH_LOGS=cudagraphs step train_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 \
-    --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
+  step forms_b2 200 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \
+    --mhc-forms auto,plain --only 'nanotrain,nanotrain[plain]' --steps 20 --warmup 3
   step eager_b16 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --only nanotrain,reference-muon --steps 8 --warmup 2
 fi

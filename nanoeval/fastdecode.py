@@ -9,8 +9,13 @@ then serves every position. Prefill runs `GPT.forward(start_pos=0)` eagerly: it 
 compiling it too (dynamic shapes, since every prompt length differs) adds a second compile; in the first GPU
 run the two compiles together did not finish within the 110 s slot.
 
-It reuses the model's modules (embedding, mHC, norms, projections, FFN, head) and only re-states the order of a
-block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. Supported: plain
+It reuses the model's modules (embedding, mHC, norms, projections, head) and only re-states the order of a
+block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. At batch 1 a decode step
+costs a fixed time per kernel rather than per byte (the third H200 run: 1.2 ms per token at batch 1 and at batch 64,
+for ~460 kernels, while the weights take ~0.1 ms to read), so the step fuses what it can: each block's q, k and v
+projections run as one matrix product over the concatenated weights, and so do the FFN's gate and up projections
+(plain `nn.Linear` layers only; ternary ones keep their own). The fused weights are copies, refreshed in place
+(same addresses, so the CUDA graph stays valid) whenever a source weight has changed since the last call. Supported: plain
 attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal wavefield and
 LoopLM models keep the eager path: `FastDecoder` falls back to it, as it does when compilation fails, and says why
 in `fallback_reason`.
@@ -48,29 +53,81 @@ class StaticDecodeStep(nn.Module):
             raise ValueError(reason)
         self.model = model
         self.bypass_noncausal = bypass_noncausal
+        # name -> the layers whose weights it concatenates (rows in this order); buffers `fused_<name>`
+        self._sources: dict[str, tuple[nn.Module, ...]] = {}
+        for i, block in enumerate(model.blocks):
+            if hasattr(block, "attn"):
+                self._fuse(f"qkv{i}", block.attn.wq, block.attn.wk, block.attn.wv)
+            self._fuse(f"gate_up{i}", block.ffn.w_gate, block.ffn.w_up)
+        self._versions: list[tuple[int, ...]] = []
+        self.refresh_fused()
+
+    def _fuse(self, name: str, *linears: nn.Module) -> None:
+        if not all(type(lin) is nn.Linear and lin.bias is None for lin in linears):
+            return  # e.g. ternary layers: their quantisation is per layer, so they are not concatenated
+        self._sources[name] = linears
+        rows = sum(lin.weight.shape[0] for lin in linears)
+        w = linears[0].weight
+        self.register_buffer(f"fused_{name}", torch.empty(rows, w.shape[1], dtype=w.dtype, device=w.device),
+                             persistent=False)
+        torch._dynamo.mark_static_address(self._fused(name))  # copied into in place: CUDA graphs keep its address
+
+    def _fused(self, name: str) -> torch.Tensor | None:
+        return getattr(self, f"fused_{name}", None)
+
+    def refresh_fused(self) -> bool:
+        """Copy the source weights into the fused buffers (in place) if any changed since the last copy (an
+        optimizer step or `load_state_dict` bumps a tensor's version; a replaced Parameter changes identity).
+        Returns whether it copied."""
+        state = self._weight_state()
+        if state == self._versions:
+            return False
+        with torch.no_grad():
+            for name, linears in self._sources.items():
+                torch.cat([lin.weight.detach() for lin in linears], dim=0, out=self._fused(name))
+        self._versions = self._weight_state()
+        return True
+
+    def _weight_state(self) -> list[tuple[int, int]]:
+        # inference tensors keep no version counter (they cannot change outside inference mode): identity only
+        return [(id(lin.weight), 0 if lin.weight.is_inference() else lin.weight._version)
+                for linears in self._sources.values() for lin in linears]
 
     def forward(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         m = self.model
         at = pos.view(1)
         rope = (m.rope_cos.index_select(0, at), m.rope_sin.index_select(0, at))
         streams = expand_streams(m.tok_embed(token), m.cfg.mhc_streams)
-        for block in m.blocks:
+        for i, block in enumerate(m.blocks):
             if not (self.bypass_noncausal and block.noncausal):
                 normed = block.norm_attn(block.mhc_attn.prepare(streams))
-                streams = block.mhc_attn.apply(streams, self._attention(block.attn, block.kv_cache, normed, rope, at))
-            ffn_out = block.ffn(block.norm_ffn(block.mhc_ffn.prepare(streams)))
+                attn_out = self._attention(block.attn, block.kv_cache, normed, rope, at, self._fused(f"qkv{i}"))
+                streams = block.mhc_attn.apply(streams, attn_out)
+            ffn_out = self._ffn(block.ffn, block.norm_ffn(block.mhc_ffn.prepare(streams)), self._fused(f"gate_up{i}"))
             streams = block.mhc_ffn.apply(streams, ffn_out)
         h = m.norm_final(collapse_streams(streams))
         return F.linear(h, m.tok_embed.weight.to(h.dtype))[:, -1]
 
     @staticmethod
+    def _ffn(ffn: nn.Module, x: torch.Tensor, gate_up: torch.Tensor | None) -> torch.Tensor:
+        if gate_up is None:
+            return ffn(x)
+        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+        return ffn.w_down(F.silu(gate) * up)
+
+    @staticmethod
     def _attention(attn: nn.Module, cache: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                   at: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        q = attn.wq(x).view(b, 1, attn.n_heads, attn.head_dim).transpose(1, 2)
-        k = attn.wk(x).view(b, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        v = attn.wv(x).view(b, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                   at: torch.Tensor, qkv: torch.Tensor | None) -> torch.Tensor:
+        b, h, hkv, hd = x.shape[0], attn.n_heads, attn.n_kv_heads, attn.head_dim
+        if qkv is None:
+            q = apply_rope(attn.wq(x).view(b, 1, h, hd).transpose(1, 2), *rope)
+            k = apply_rope(attn.wk(x).view(b, 1, hkv, hd).transpose(1, 2), *rope)
+            v = attn.wv(x).view(b, 1, hkv, hd).transpose(1, 2)
+        else:  # one product, and RoPE over the q and k heads together (one kernel instead of two)
+            qk, v = F.linear(x, qkv).split([(h + hkv) * hd, hkv * hd], dim=-1)
+            qk = apply_rope(qk.reshape(b, 1, h + hkv, hd).transpose(1, 2), *rope)
+            q, k = qk[:, :h], qk[:, h:]
+            v = v.reshape(b, 1, hkv, hd).transpose(1, 2)
         cache.k.index_copy_(2, at, k.to(cache.k.dtype))
         cache.v.index_copy_(2, at, v.to(cache.v.dtype))
         visible = torch.arange(cache.k.shape[2], device=x.device) <= at
@@ -103,7 +160,8 @@ class FastDecoder:
         self.dtype = param.dtype
         self._setup_caches()
         self.positions = torch.arange(max_len, device=self.device)
-        self._step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
+        self._static_step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
+        self._step = self._static_step
         self.compiled = False
         self.cuda_graphs = False
         if self.static and want_compile:
@@ -153,6 +211,8 @@ class FastDecoder:
                              f"got batch {b}, {t0} + {max_new_tokens} positions")
         if not self._caches_intact():
             self._setup_caches()
+        if self._static_step is not None:
+            self._static_step.refresh_fused()
         token = self._prefill(prompt).argmax(-1)
         out = [token]
         for i in range(max_new_tokens - 1):
