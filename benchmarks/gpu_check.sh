@@ -11,9 +11,12 @@
 #          4. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
 #             CUDA-graph decode step (nanoeval.fastdecode, q/k/v and gate/up fused since the sixth session)
 #   graphs 5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
-#          6. B=2 compiled, mHC gains per-row (the default under compile) vs plain: B=2 is host-bound and plain
-#             generates ~10% fewer kernels (1,383 vs 1,520 for one forward+backward, counted on the CPU); at B=16
-#             the two were equal (89.7 vs 90.3 ms)
+#          6. profile_step.py at B=2, compiled, ours and the reference: per-phase CUDA-event times (a phase the host
+#             cannot launch fast enough shows as device time spent waiting) and the top operators with call counts.
+#             What makes B=2 host-bound is not known yet: counted in Inductor's CPU build, our compiled
+#             forward+backward makes as many kernel calls as the reference's (997 vs 1,005, 20 layers), and our
+#             eager update dispatches ~630 ops against the reference's ~305 (388 of them the NaN guard's per-gradient
+#             masked_fill_), which is a few ms at most, not the ~29 ms measured
 #          7. eager B=16 step vs the reference with batched Muon (eager is what `--no-compile`, evaluation and
 #             the sampler run)
 #   extra  8. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
@@ -68,8 +71,7 @@ fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
-  step forms_b2 200 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \
-    --mhc-forms auto,plain --only 'nanotrain,nanotrain[plain]' --steps 20 --warmup 3
+  step profile_b2 200 profile_step.py --device cuda --scale full --batch-size 2 --compile
   step eager_b16 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --only nanotrain,reference-muon --steps 8 --warmup 2
 fi
