@@ -10,15 +10,17 @@ compiling it too (dynamic shapes, since every prompt length differs) adds a seco
 run the two compiles together did not finish within the 110 s slot.
 
 It reuses the model's modules (embedding, mHC, norms, projections, head) and only re-states the order of a
-block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. At batch 1 a decode step
-costs a fixed time per kernel rather than per byte (the third H200 run: 1.2 ms per token at batch 1 and at batch 64,
-for ~460 kernels, while the weights take ~0.1 ms to read), so the step fuses what it can: each block's q, k and v
-projections run as one matrix product over the concatenated weights, and so do the FFN's gate and up projections
-(plain `nn.Linear` layers only; ternary ones keep their own). The fused weights are copies, refreshed in place
-(same addresses, so the CUDA graph stays valid) whenever a source weight has changed since the last call. Supported: plain
-attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal wavefield and
-LoopLM models keep the eager path: `FastDecoder` falls back to it, as it does when compilation fails, and says why
-in `fallback_reason`.
+block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. In the third H200 run a
+token took 1.2 ms at batch 1 and at batch 64 alike, while reading the weights takes ~0.1 ms: the likely floor is
+the kernel count (482 kernel calls per token in Inductor's CPU build of this step). So the step fuses what it can:
+each block's q, k and v projections run as one matrix product over the concatenated weights, RoPE runs over the q
+and k heads together, and the FFN's gate and up projections are one product (plain `nn.Linear` layers only;
+ternary ones keep their own). That makes 402 calls in the CPU build. The fused weights are copies, refreshed in
+place (same addresses, so the CUDA graph stays valid) whenever a source weight changed since the last call.
+
+Supported: plain attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal
+wavefield and LoopLM models keep the eager path: `FastDecoder` falls back to it, as it does when compilation
+fails, and says why in `fallback_reason`.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ class StaticDecodeStep(nn.Module):
 
     def refresh_fused(self) -> bool:
         """Copy the source weights into the fused buffers (in place) if any changed since the last copy (an
-        optimizer step or `load_state_dict` bumps a tensor's version; a replaced Parameter changes identity).
-        Returns whether it copied."""
+        optimizer step or `load_state_dict` bumps a tensor's version; a replaced Parameter changes identity, a
+        `.data` assignment the data pointer). Returns whether it copied."""
         state = self._weight_state()
         if state == self._versions:
             return False
@@ -88,10 +90,11 @@ class StaticDecodeStep(nn.Module):
         self._versions = self._weight_state()
         return True
 
-    def _weight_state(self) -> list[tuple[int, int]]:
-        # inference tensors keep no version counter (they cannot change outside inference mode): identity only
-        return [(id(lin.weight), 0 if lin.weight.is_inference() else lin.weight._version)
-                for linears in self._sources.values() for lin in linears]
+    def _weight_state(self) -> list[tuple[int, int, int]]:
+        # inference tensors keep no version counter (they cannot change outside inference mode): identity only.
+        # In-place edits through `.data` bump no version either; `.data = ...` shows in the data pointer.
+        return [(id(w), w.data_ptr(), 0 if w.is_inference() else w._version)
+                for linears in self._sources.values() for w in (lin.weight for lin in linears)]
 
     def forward(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         m = self.model
