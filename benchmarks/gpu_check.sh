@@ -14,7 +14,7 @@
 #          6. profile_step.py at B=2, compiled, ours and the reference: per-phase CUDA-event times (a phase the host
 #             cannot launch fast enough shows as device time spent waiting) and the top operators with call counts.
 #             What makes B=2 host-bound is not known yet: counted in Inductor's CPU build, our compiled
-#             forward+backward makes as many kernel calls as the reference's (997 vs 1,005, 20 layers), and our
+#             forward+backward makes as many kernel calls as the reference's (797 vs 805, 20 layers), and our
 #             eager update dispatches ~630 ops against the reference's ~305 (388 of them the NaN guard's per-gradient
 #             masked_fill_), which is a few ms at most, not the ~29 ms measured
 #          7. eager B=16 step vs the reference with batched Muon (eager is what `--no-compile`, evaluation and

@@ -12,10 +12,10 @@ run the two compiles together did not finish within the 110 s slot.
 It reuses the model's modules (embedding, mHC, norms, projections, head) and only re-states the order of a
 block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. In the third H200 run a
 token took 1.2 ms at batch 1 and at batch 64 alike, while reading the weights takes ~0.1 ms: the likely floor is
-the kernel count (482 kernel calls per token in Inductor's CPU build of this step). So the step fuses what it can:
+the kernel count (282 kernel calls per token in Inductor's CPU build of this step). So the step fuses what it can:
 each block's q, k and v projections run as one matrix product over the concatenated weights, RoPE runs over the q
 and k heads together, and the FFN's gate and up projections are one product (plain `nn.Linear` layers only;
-ternary ones keep their own). That makes 402 calls in the CPU build. The fused weights are copies, refreshed in
+ternary ones keep their own). That makes 182 calls in the CPU build. The fused weights are copies, refreshed in
 place (same addresses, so the CUDA graph stays valid) whenever a source weight changed since the last call.
 
 Supported: plain attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal
