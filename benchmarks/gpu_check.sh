@@ -19,6 +19,8 @@
 #             masked_fill_), which is a few ms at most, not the ~29 ms measured
 #          7. eager B=16 step vs the reference with batched Muon (eager is what `--no-compile`, evaluation and
 #             the sampler run)
+#          7b. decode of engram-v1 (the front-door model) at batch 1: the static step supports Engram since the
+#             sixth session
 #   extra  8. full-scale recipes at the seed's B=2, compiled: engram-v1 and haar-v5 as ratios to baseline-v1 (their
 #             step times give the wall time of the original session's four runs)
 #          9. recipes at B=16, eager (the ratio targets)
@@ -74,6 +76,8 @@ if [[ $PART == graphs || $PART == all ]]; then
   step profile_b2 200 profile_step.py --device cuda --scale full --batch-size 2 --compile
   step eager_b16 60 bench_train.py --device cuda --scale full --batch-size 16 --seq-len 1024 \
     --only nanotrain,reference-muon --steps 8 --warmup 2
+  step decode_engram 120 bench_decode.py --device cuda --scale full --recipe engram-v1 --batch-sizes 1 \
+    --repeats 2 --warmup 1 --no-recompute
 fi
 if [[ $PART == extra || $PART == all ]]; then
   step recipes_b2 280 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \

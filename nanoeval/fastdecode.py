@@ -19,7 +19,10 @@ ternary ones keep their own). That makes 182 calls in the CPU build. The fused w
 at full scale in bf16), refreshed in place (same addresses, so the CUDA graph stays valid) whenever a source
 weight changed since the last call.
 
-Supported: plain attention blocks, and non-causal wavefield blocks when bypassed (as sampling does). Engram, causal
+Supported: plain attention blocks, Engram layers, and non-causal wavefield blocks when bypassed (as sampling does).
+Engram reads the n-gram ids and conv inputs before the new token from the model's own caches (`id_cache`, each
+layer's `conv_cache`): the step writes the new ones at the tensor position with `index_copy_` and gathers the
+earlier ones with `index_select`, zeros before position 0, as `GPT.forward(start_pos=...)` slices them. Causal
 wavefield and LoopLM models keep the eager path: `FastDecoder` falls back to it, as it does when compilation
 fails, and says why in `fallback_reason`.
 """
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanotrain.model.attention import KVCache, apply_rope
+from nanotrain.model.engram import Engram, causal_depthwise_conv, hash_indices
 from nanotrain.model.mhc import collapse_streams, expand_streams
 
 
@@ -39,11 +43,17 @@ def unsupported_reason(model: nn.Module) -> str | None:
     cfg = model.cfg
     if cfg.loop_count:
         return "LoopLM models are not supported by the static decode step"
-    if cfg.engram_layers:
-        return "Engram layers keep int-position caches; not supported by the static decode step"
     if any(hasattr(b, "wavefield") and not b.noncausal for b in model.blocks):
         return "causal wavefield layers are not supported by the static decode step"
     return None
+
+
+def _before(cache: torch.Tensor, at: torch.Tensor, n: int) -> torch.Tensor:
+    """cache[:, at-n : at] [B, n, ...] from a [B, max_len, ...] cache, zeros where the position is below 0."""
+    back = at - torch.arange(n, 0, -1, device=cache.device)
+    rows = cache.index_select(1, back.clamp(min=0))
+    keep = (back >= 0).view(1, n, *([1] * (cache.dim() - 2)))
+    return torch.where(keep, rows, torch.zeros((), dtype=cache.dtype, device=cache.device))
 
 
 class StaticDecodeStep(nn.Module):
@@ -101,16 +111,38 @@ class StaticDecodeStep(nn.Module):
         m = self.model
         at = pos.view(1)
         rope = (m.rope_cos.index_select(0, at), m.rope_sin.index_select(0, at))
+        hash_idx = self._hash_indices(token, at) if m.cfg.engram_layers else None
         streams = expand_streams(m.tok_embed(token), m.cfg.mhc_streams)
         for i, block in enumerate(m.blocks):
             if not (self.bypass_noncausal and block.noncausal):
-                normed = block.norm_attn(block.mhc_attn.prepare(streams))
+                u = block.mhc_attn.prepare(streams)
+                if block.engram is not None:
+                    u = self._engram(block.engram, u, hash_idx, at)
+                normed = block.norm_attn(u)
                 attn_out = self._attention(block.attn, block.kv_cache, normed, rope, at, self._fused(f"qkv{i}"))
                 streams = block.mhc_attn.apply(streams, attn_out)
             ffn_out = self._ffn(block.ffn, block.norm_ffn(block.mhc_ffn.prepare(streams)), self._fused(f"gate_up{i}"))
             streams = block.mhc_ffn.apply(streams, ffn_out)
         h = m.norm_final(collapse_streams(streams))
         return F.linear(h, m.tok_embed.weight.to(h.dtype))[:, -1]
+
+    def _hash_indices(self, token: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Engram table indices [B, 1, n_tables] of the n-grams ending at `token`: its id goes into the model's
+        `id_cache` at `at`, the ids before it are gathered from there (zeros before position 0), as
+        `GPT._hash_indices` does with an int position."""
+        m = self.model
+        m.id_cache.index_copy_(1, at, token)
+        history = _before(m.id_cache, at, max(m.cfg.engram_orders) - 1)
+        return hash_indices(token, history, m.engram_mult, m.engram_order, m.cfg.engram_table_size)
+
+    @staticmethod
+    def _engram(engram: nn.Module, u: torch.Tensor, indices: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """`Engram.forward(u, indices, start_pos)` at a tensor position: z goes into the conv cache at `at`, the
+        conv reads the K-1 earlier ones from there."""
+        z = engram.gated_values(u, indices)
+        engram.conv_cache.index_copy_(1, at, z.to(engram.conv_cache.dtype))
+        past = _before(engram.conv_cache, at, engram.conv_weight.shape[-1] - 1)
+        return u + causal_depthwise_conv(z, engram.conv_weight, past)
 
     @staticmethod
     def _ffn(ffn: nn.Module, x: torch.Tensor, gate_up: torch.Tensor | None) -> torch.Tensor:
@@ -171,19 +203,30 @@ class FastDecoder:
         if self.static and want_compile:
             self._try_compile()
 
-    def _kv_caches(self) -> list[nn.Module]:
-        return [m for m in self.model.modules() if isinstance(m, KVCache)]
+    def _decode_buffers(self) -> list[torch.Tensor | None]:
+        """Every cache the decode step writes: each attention's keys and values, each Engram's conv inputs and
+        the model's token ids (Engram models)."""
+        out: list[torch.Tensor | None] = []
+        for module in self.model.modules():
+            if isinstance(module, KVCache):
+                out += [module.k, module.v]
+            elif isinstance(module, Engram):
+                out.append(module.conv_cache)
+        if self.model.cfg.engram_layers:
+            out.append(self.model.id_cache)
+        return out
 
     def _setup_caches(self) -> None:
         """Allocate the model's caches and remember them; static addresses let CUDA graphs write them in place."""
         self.model.setup_cache(self.batch_size, self.max_len, device=self.device, dtype=self.dtype)
-        self._caches = [(c.k, c.v) for c in self._kv_caches()]
-        for k, v in self._caches:
-            torch._dynamo.mark_static_address(k)
-            torch._dynamo.mark_static_address(v)
+        self._caches = self._decode_buffers()
+        for buf in self._caches:
+            torch._dynamo.mark_static_address(buf)
 
     def _caches_intact(self) -> bool:
-        return all(c.k is k and c.v is v for c, (k, v) in zip(self._kv_caches(), self._caches))
+        """False if something (e.g. `nanoeval.sample`) cleared or replaced a cache since `_setup_caches`."""
+        now = self._decode_buffers()
+        return len(now) == len(self._caches) and all(a is b for a, b in zip(now, self._caches))
 
     def _prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]

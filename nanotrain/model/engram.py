@@ -180,13 +180,17 @@ class Engram(nn.Module):
     def clear_cache(self) -> None:
         self.conv_cache = None
 
-    def forward(self, u: torch.Tensor, indices: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        """u [B, T, dim], indices [B, T, n_tables] -> u + y."""
+    def gated_values(self, u: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """z = sigmoid(gate) * v [B, T, dim], the conv's input, for u [B, T, dim] and indices [B, T, n_tables]."""
         mem = torch.cat([table[indices[..., i]] for i, table in enumerate(self.tables)], dim=-1)
         k = self.w_k(mem)
         v = self.w_v(mem)
         gate = (self.gate_norm(u) * self.key_norm(k)).sum(dim=-1, keepdim=True) / math.sqrt(self.dim)
-        z = torch.sigmoid(gate) * v
+        return torch.sigmoid(gate) * v
+
+    def forward(self, u: torch.Tensor, indices: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        """u [B, T, dim], indices [B, T, n_tables] -> u + y."""
+        z = self.gated_values(u, indices)
         past = None
         if start_pos is not None:
             if self.conv_cache is None:

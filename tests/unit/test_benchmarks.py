@@ -236,9 +236,12 @@ def test_cuda_without_a_gpu_is_a_user_error(capsys):
     assert "--device cuda: no CUDA device" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe, static", [("baseline-v1", True), ("haar-v5", True), ("engram-v1", False)])
+@pytest.mark.parametrize("recipe, static", [("baseline-v1", True), ("haar-v5", True), ("engram-v1", True),
+                                            ("haar-causal", False), ("looplm", False)])
 def test_fastdecode_matches_incremental_forward(recipe, static):
-    """The static tensor-position step decodes exactly what GPT.forward(start_pos=...) decodes (fp32, CPU)."""
+    """The static tensor-position step decodes exactly what GPT.forward(start_pos=...) decodes (fp32, CPU); the
+    models it does not support decode through the eager path. A 1-token prompt makes the first steps read Engram
+    history and conv inputs from before position 0 (zeros)."""
     from nanoeval.fastdecode import FastDecoder
     from nanotrain.model.gpt import GPT
     from nanotrain.recipes import get_recipe
@@ -249,11 +252,13 @@ def test_fastdecode_matches_incremental_forward(recipe, static):
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     bypass = not model.is_causal
-    prompt = torch.randint(2, 300, (3, 7))
     decoder = FastDecoder(model, 3, 27, bypass_noncausal=bypass)
     assert decoder.static is static and decoder.compiled is False
     assert (decoder.fallback_reason is None) is static
-    assert torch.equal(decoder.generate_greedy(prompt, 20), incremental_greedy(model, prompt, 20, 27, bypass))
+    for prompt_len in (7, 1):
+        prompt = torch.randint(2, 300, (3, prompt_len))
+        got = decoder.generate_greedy(prompt, 20)
+        assert torch.equal(got, incremental_greedy(model, prompt, 20, 27, bypass)), prompt_len
     with pytest.raises(ValueError, match="built for batch 3"):
         decoder.generate_greedy(prompt[:2], 4)
 
@@ -306,15 +311,17 @@ def test_fastdecode_fused_projections_follow_the_weights(quant):
     assert torch.equal(decoder.generate_greedy(prompt, 16), incremental_greedy(model, prompt, 16, 24))
 
 
-def test_compiled_fastdecode_decodes_what_the_eager_step_does():
+@pytest.mark.parametrize("recipe", ["baseline-v1", "engram-v1"])
+def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     """The compiled static step (what CUDA runs, with CUDA graphs) compiled here for the CPU: same greedy tokens as
     the eager step; `cuda_graphs` stays False off CUDA (Inductor skips the graph for a CPU device)."""
     from nanoeval.fastdecode import FastDecoder
     from nanotrain.model.gpt import GPT
     from nanotrain.recipes import get_recipe
 
-    cfg, _ = get_recipe("baseline-v1").build("tiny")
+    cfg, _ = get_recipe(recipe).build("tiny")
     cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size, cfg.n_layers = 32, 4, 2, 64, 300, 2
+    cfg.engram_layers, cfg.engram_table_size = [0, 1] if cfg.engram_layers else [], 61
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     prompt = torch.randint(2, 300, (2, 5))
