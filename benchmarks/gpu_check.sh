@@ -66,7 +66,8 @@ if [[ $PART == core || $PART == all ]]; then
   TORCH_LOGS=cudagraphs step train_b2_graphs 130 bench_train.py --device cuda --scale full --batch-size 2 \
     --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 20 --warmup 3
   # TORCH_LOGS: Inductor's reason if it skips the decode step's CUDA graph, and Dynamo's for any recompile (the
-  # third run compiled the step twice per batch size: frames [0/0] and [0/1])
+  # third run compiled the step twice per batch size, frames [0/0] and [0/1]; the cause, the warm-up's ids not
+  # being inference tensors, was fixed in the sixth session, so one frame per batch size is expected)
   TORCH_LOGS=cudagraphs,recompiles step decode 150 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
     --repeats 2 --warmup 1 --no-recompute
 fi

@@ -239,8 +239,11 @@ class FastDecoder:
         skips = counters["inductor"]["cudagraph_skips"]
         try:
             self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
-            warm = torch.zeros(self.batch_size, 1, dtype=torch.long, device=self.device)
             with torch.inference_mode():
+                # made in inference mode like the ids `generate_greedy` feeds: a normal tensor has another
+                # dispatch key set, and that guard failure recompiled the step at the first real call (both the
+                # third H200 run and the CPU show it: frames [0/0] then [0/1])
+                warm = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)[:, None]
                 for p in (2, 3, 4):
                     self._step(warm, self.positions[p])
             self.compiled = True

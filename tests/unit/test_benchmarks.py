@@ -328,7 +328,9 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     eager = FastDecoder(model, 2, 20, compile=False).generate_greedy(prompt, 12)
     decoder = FastDecoder(model, 2, 20, compile=True)
     assert decoder.compiled and decoder.fallback_reason is None and decoder.cuda_graphs is False
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert torch.equal(decoder.generate_greedy(prompt, 12), eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the warm-up compiled what decodes
     with torch.no_grad():  # the compiled step reads the refreshed fused weights too
         for block in model.blocks:
             block.attn.wk.weight.mul_(-3.0)
