@@ -11,8 +11,9 @@
 #          4. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
 #             CUDA-graph decode step (nanoeval.fastdecode, q/k/v and gate/up fused since the sixth session)
 #   graphs 5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
-#          6. profile_step.py at B=2, compiled, ours and the reference: per-phase CUDA-event times (a phase the host
-#             cannot launch fast enough shows as device time spent waiting) and the top operators with call counts.
+#          6. profile_step.py at B=2, compiled, ours and the reference: per-phase CUDA-event times next to the
+#             host's own time per phase (how long Python took to issue it; host close to device = host-bound
+#             phase), and the top operators with call counts.
 #             What makes B=2 host-bound is not known yet: counted in Inductor's CPU build, our compiled
 #             forward+backward makes as many kernel calls as the reference's (797 vs 805, 20 layers), and our
 #             eager update dispatches ~630 ops against the reference's ~305 (388 of them the NaN guard's per-gradient

@@ -47,13 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class PhaseTimer:
-    """Collects named intervals; CUDA events on a GPU (read once at the end), wall clock + sync on CPU."""
+    """Collects named intervals; CUDA events on a GPU (read once at the end), wall clock + sync on CPU.
+
+    It also keeps the host's own time per phase (perf_counter around the call, no sync): on a GPU that is how long
+    Python took to issue the phase's work, so a phase whose host time is close to its device time is host-bound
+    (the device waited for the launches). On the CPU the two are the same interval."""
 
     def __init__(self, device):
         import torch
 
         self.torch, self.cuda = torch, device.type == "cuda"
         self.marks: list[tuple[str, object, object]] = []
+        self.host: list[tuple[str, float]] = []
 
     def _now(self):
         if self.cuda:
@@ -63,10 +68,19 @@ class PhaseTimer:
         return time.perf_counter()
 
     def phase(self, name, fn):
+        h0 = time.perf_counter()
         t0 = self._now()
         r = fn()
         self.marks.append((name, t0, self._now()))
+        self.host.append((name, (time.perf_counter() - h0) * 1e3))
         return r
+
+    def host_results(self) -> dict[str, float]:
+        """Median host milliseconds per phase name."""
+        by: dict[str, list[float]] = {}
+        for name, ms in self.host:
+            by.setdefault(name, []).append(ms)
+        return {k: round(statistics.median(v), 3) for k, v in by.items()}
 
     def results(self) -> dict[str, float]:
         """Median milliseconds per phase name."""
@@ -159,12 +173,15 @@ def time_phases(name, step, args, device) -> dict[str, float]:
         torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / args.steps * 1e3
     res = timer.results()
+    host = timer.host_results()
     res["sum of phases"] = round(sum(res.values()), 3)
+    host["sum of phases"] = round(sum(host.values()), 3)
     res["wall per step"] = round(wall, 3)
     print(f"\n{name}  (warm-up incl. build/compile {built:.1f} s)")
+    print(f"  {'phase':36s} {'device' if device.type == 'cuda' else 'wall':>10s}     {'host':>8s}")
     for k, v in res.items():
-        print(f"  {k:28s} {v:10.2f} ms")
-    return res
+        print(f"  {k:36s} {v:10.2f} ms" + (f"  {host[k]:8.2f} ms" if k in host else ""))
+    return res | {"host_ms": host}
 
 
 def top_ops(step, args, device) -> dict:

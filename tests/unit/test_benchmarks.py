@@ -179,6 +179,25 @@ def test_bench_train_micro_writes_valid_json(tmp_path):
         assert math.isclose(result["ratios"][f"nanotrain/{ref}"], ours / rows[ref]["tok_per_s"], abs_tol=2e-3)
 
 
+def test_profile_step_micro_reports_device_and_host_time_per_phase(tmp_path, capsys):
+    """profile_step.py (the diagnostic the GPU set runs at B=2 and B=16) runs end to end: every phase of ours and
+    of the reference, each with the host's own time (on a GPU: how long Python took to issue it)."""
+    profile_step = load("profile_step")
+    out = tmp_path / "profile.json"
+    assert profile_step.main(MICRO + ["--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1",
+                                      "--top", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ours, ref = result["nanotrain"], result["reference"]
+    phases = ["forward", "objective+backward", "clip", "optimiser step (gated by the flag)", "zero grads"]
+    assert all(ours[p] > 0 and ours["host_ms"][p] > 0 for p in phases)
+    assert set(ref["host_ms"]) == {k for k in ref if k not in ("wall per step", "host_ms")}
+    assert ours["sum of phases"] == pytest.approx(sum(v for k, v in ours.items()
+                                                      if k not in ("sum of phases", "wall per step", "host_ms")),
+                                                  abs=0.01)
+    assert result["nanotrain_profile"]["aten_calls"] > 0
+    assert "host" in capsys.readouterr().out
+
+
 def test_bench_train_recipes_mode(tmp_path):
     bench_train = load("bench_train")
     out = tmp_path / "recipes.json"
