@@ -36,6 +36,7 @@ from torch import nn
 from nanotrain.model.attention import KVCache, apply_rope
 from nanotrain.model.engram import Engram, causal_depthwise_conv, hash_indices
 from nanotrain.model.mhc import collapse_streams, expand_streams
+from nanotrain.model.stamp import weights_stamp
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -72,7 +73,7 @@ class StaticDecodeStep(nn.Module):
             if hasattr(block, "attn"):
                 self._fuse(f"qkv{i}", block.attn.wq, block.attn.wk, block.attn.wv)
             self._fuse(f"gate_up{i}", block.ffn.w_gate, block.ffn.w_up)
-        self._versions: list[tuple[int, ...]] = []
+        self._stamp: tuple | None = None
         self.refresh_fused()
 
     def _fuse(self, name: str, *linears: nn.Module) -> None:
@@ -89,23 +90,17 @@ class StaticDecodeStep(nn.Module):
         return getattr(self, f"fused_{name}", None)
 
     def refresh_fused(self) -> bool:
-        """Copy the source weights into the fused buffers (in place) if any changed since the last copy (an
-        optimizer step or `load_state_dict` bumps a tensor's version; a replaced Parameter changes identity, a
-        `.data` assignment the data pointer). Returns whether it copied."""
-        state = self._weight_state()
-        if state == self._versions:
+        """Copy the source weights into the fused buffers (in place) unless none changed since the last copy
+        (`nanotrain.model.stamp.weights_stamp`: identity, data pointer, version; inference-tensor weights, whose
+        changes cannot be told, are copied every time). Returns whether it copied."""
+        stamp = weights_stamp(lin.weight for linears in self._sources.values() for lin in linears)
+        if stamp is not None and stamp == self._stamp:
             return False
         with torch.no_grad():
             for name, linears in self._sources.items():
                 torch.cat([lin.weight.detach() for lin in linears], dim=0, out=self._fused(name))
-        self._versions = self._weight_state()
+        self._stamp = stamp
         return True
-
-    def _weight_state(self) -> list[tuple[int, int, int]]:
-        # inference tensors keep no version counter (they cannot change outside inference mode): identity only.
-        # In-place edits through `.data` bump no version either; `.data = ...` shows in the data pointer.
-        return [(id(w), w.data_ptr(), 0 if w.is_inference() else w._version)
-                for linears in self._sources.values() for w in (lin.weight for lin in linears)]
 
     def forward(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         m = self.model

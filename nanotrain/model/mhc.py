@@ -56,6 +56,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nanotrain.model.stamp import weights_stamp
+
 MIX_CLAMP = 3.0
 SINKHORN_ITERS = 20
 
@@ -207,10 +209,10 @@ class MHCLite(nn.Module):
         compute = self._read_weights if which == "read" else self._write_terms
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute(dtype)
-        params = tuple(self._parameters.values())
-        if any(p.is_inference() for p in params):  # no version counter to tell a change by
+        stamp = weights_stamp(self._parameters.values())
+        if stamp is None:
             return compute(dtype)
-        key = (dtype, tuple((id(p), p.data_ptr(), p._version) for p in params))
+        key = (dtype, stamp)
         hit = self._scalar_cache.get(which)
         if hit is not None and hit[0] == key:
             return hit[1]
