@@ -77,19 +77,21 @@ class PhaseTimer:
 
     def host_results(self) -> dict[str, float]:
         """Median host milliseconds per phase name."""
-        by: dict[str, list[float]] = {}
-        for name, ms in self.host:
-            by.setdefault(name, []).append(ms)
-        return {k: round(statistics.median(v), 3) for k, v in by.items()}
+        return _medians(self.host)
 
     def results(self) -> dict[str, float]:
         """Median milliseconds per phase name."""
         if self.cuda:
             self.torch.cuda.synchronize()
-        by: dict[str, list[float]] = {}
-        for name, a, b in self.marks:
-            by.setdefault(name, []).append(a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
-        return {k: round(statistics.median(v), 3) for k, v in by.items()}
+        return _medians((name, a.elapsed_time(b) if self.cuda else (b - a) * 1e3) for name, a, b in self.marks)
+
+
+def _medians(named_ms) -> dict[str, float]:
+    """{name: median ms} over (name, ms) pairs, names in first-seen order."""
+    by: dict[str, list[float]] = {}
+    for name, ms in named_ms:
+        by.setdefault(name, []).append(ms)
+    return {k: round(statistics.median(v), 3) for k, v in by.items()}
 
 
 def our_step(args, device):
