@@ -34,6 +34,7 @@
 # 532 s in the third run (before step 3 replaced the plain-form variant at B=16); a session's 15 minutes of device
 # time, machine start included, fit `core` plus one ~4-minute command.
 # Usage: bash benchmarks/gpu_check.sh [core|graphs|extra|all]   (default all; PY=python3; repo on PYTHONPATH)
+#        ONLY=train_b2,profile_b2 bash benchmarks/gpu_check.sh all   runs just the named steps, in the order above
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -51,6 +52,7 @@ LOG="$DEST/gpu_check_$PART.log"
 
 step() {  # step NAME LIMIT_S SCRIPT ARGS...
   local name=$1 limit=$2 script=$3; shift 3
+  if [[ -n ${ONLY:-} && ,$ONLY, != *,$name,* ]]; then return 0; fi
   echo "=== $name: $script $* ($(date -u +%T))" | tee -a "$LOG"
   if ! timeout "$limit" "$PY" "benchmarks/$script" "$@" --out "$DEST/$name.json" 2>&1 | tee -a "$LOG"; then
     echo "FAILED: $name" | tee -a "$LOG"
