@@ -189,13 +189,25 @@ def lex_brackets(text: str | bytes, truncated: bool = False) -> BracketReport:
 # Repetition.
 
 _WORD = re.compile(rb"[\w\x80-\xff]+|\S")
+"""The token definition, as a regex; `tokens` computes the same list (a test checks) about 2.5x faster."""
+_SPACE = b" \t\n\r\x0b\x0c"  # re's \s for bytes, and what bytes.split() splits on
+_SINGLE = [bytes([c]) for c in range(128) if not (bytes([c]).isalnum() or c == ord("_") or c in _SPACE)]
+
+
+def tokens(code: bytes) -> list[bytes]:
+    """`_WORD.findall(code)`: runs of letters, digits, `_` and bytes >= 0x80, and each other non-space byte alone.
+    Built from C-speed bytes methods: put spaces around every byte that is a token by itself, then split."""
+    for b in _SINGLE:
+        if b in code:
+            code = code.replace(b, b" " + b + b" ")
+    return code.split()
 
 
 def distinct_3(text: str | bytes) -> float:
     """Distinct token trigrams / all trigrams; 1.0 under 3 tokens. A token is a run of letters, digits, `_` and
     non-ASCII characters, or one other non-space character (so `foo(x)` is foo ( x ))."""
     code = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    toks = _WORD.findall(code)
+    toks = tokens(code)
     if len(toks) < 3:
         return 1.0
     return len(set(zip(toks, itertools.islice(toks, 1, None), itertools.islice(toks, 2, None)))) / (len(toks) - 2)

@@ -200,3 +200,18 @@ def test_one_line_of_garbage_is_not_excused_by_the_last_line_rule():
     assert not score_sample(garbage, truncated=True).valid
     # The same damage after a complete first line, cut mid-statement on the last line, is excused.
     assert score_sample("fn main() {\n    let x = foo(1, ", truncated=True).valid
+
+
+def test_tokens_match_the_regex_definition():
+    """`tokens` (replace + split) is a faster `_WORD.findall`: same list on every byte class, edge cases and Rust."""
+    from nanoeval.rust import _WORD, tokens
+
+    every_byte = bytes(range(256)) * 2
+    cases = [b"", b" ", b"a", b"foo(x)", b"a\tb\x0bc\x0cd\re\nf", b"x\x00y\x1fz\x7f", b"\xc3\xa9t\xc3\xa9 caf\xc3\xa9!",
+             b"r#\"raw\"#; 'a: loop {}", b"__init__ ::<T>", every_byte, read("valid_shapes.rs").encode()]
+    for code in cases:
+        assert tokens(code) == _WORD.findall(code), code[:40]
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        code = bytes(rng.choice(b"ab_9 \t\n\x0b(){}<>;:'\"\\\x00\x7f\x80\xff") for _ in range(rng.randrange(30)))
+        assert tokens(code) == _WORD.findall(code), code
