@@ -27,13 +27,17 @@
 #          9. recipes at B=16, eager (the ratio targets)
 #         10. profile_step.py at B=16, compiled: per-phase split and top kernels of our step (MHC_FORM=plain
 #             in the environment profiles that form instead of the default)
+#   run    11. check_run_graphs.py: a real `nanotrain run engram-v1` at full scale, 120 steps with --compile and with
+#             --cuda-graphs from the same seed, then the graphs run resumed for 20 steps: logged losses must agree
+#             (2%), steady step times side by side. Needs the dataset: name data/datasets/rust-default (16 MB) in the
+#             device tool's `carry`. Whether --cuda-graphs can become the default for one-GPU runs hangs on it
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26: compiling our full-scale step takes 75-85 s (at each batch
 # size), the reference's ~40 s, fastdecode's step ~35-45 s; an eager sampler run of 256 tokens ~5 s. `core` took
 # 532 s in the third run (before step 3 replaced the plain-form variant at B=16); a session's 15 minutes of device
 # time, machine start included, fit `core` plus one ~4-minute command.
-# Usage: bash benchmarks/gpu_check.sh [core|graphs|extra|all]   (default all; PY=python3; repo on PYTHONPATH)
+# Usage: bash benchmarks/gpu_check.sh [core|graphs|extra|run|all]   (default all; PY=python3; repo on PYTHONPATH)
 #        ONLY=train_b2,profile_b2 bash benchmarks/gpu_check.sh all   runs just the named steps, in the order above
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +47,7 @@ mkdir -p "$DEST"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/nanolab_inductor}
 PART=${1:-all}
-case $PART in core|graphs|extra|all) ;; *) echo "usage: $0 [core|graphs|extra|all]" >&2; exit 2 ;; esac
+case $PART in core|graphs|extra|run|all) ;; *) echo "usage: $0 [core|graphs|extra|run|all]" >&2; exit 2 ;; esac
 LOG="$DEST/gpu_check_$PART.log"
 : >"$LOG"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -90,5 +94,8 @@ if [[ $PART == extra || $PART == all ]]; then
     --recipes baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
   step profile_b16 120 profile_step.py --device cuda --scale full --batch-size 16 --compile --no-reference \
     --mhc-form "${MHC_FORM:-auto}"
+fi
+if [[ $PART == run || $PART == all ]]; then
+  step run_graphs 480 check_run_graphs.py --recipe engram-v1 --scale full --steps 120 --resume-steps 20
 fi
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"

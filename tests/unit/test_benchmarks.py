@@ -364,3 +364,47 @@ def test_scripts_have_help():
         with pytest.raises(SystemExit) as exit_info:
             load(script).build_parser().parse_args(["--help"])
         assert exit_info.value.code == 0
+
+
+REAL_DATASET = Path(__file__).resolve().parents[2] / "data" / "datasets" / "rust-default"
+
+
+@pytest.mark.skipif(not (REAL_DATASET / "train.bin").is_file(),
+                    reason="needs the default dataset (a vocab-4096 tokenizer; the test fixtures' corpus makes ~2.2k)")
+def test_check_run_graphs_compares_real_runs_and_resumes(tmp_path, capsys):
+    """The GPU whole-run check, driven on the CPU with plain flags: two identical variants agree exactly, a
+    different seed is caught at --tol 0, and the last variant's run resumes for the extra steps."""
+    out = tmp_path / "check.json"
+    args = ["--scale", "tiny", "--data", str(REAL_DATASET), "--steps", "2", "--log-every", "1",
+            "--resume-steps", "1", "--tol", "0", "--work", str(tmp_path / "runs"), "--out", str(out),
+            "--run-flags", "--batch-size 2 --seq-len 32 --device cpu --threads 1 --no-compile",
+            "--variant", "a=", "--variant", "b=", "--variant", "c=--seed 1"]
+    common = load("common")
+    assert common.run_cli("check_run_graphs.py", load("check_run_graphs").main, args) == 1
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["results"]}
+    assert list(rows) == ["a", "b", "c", "c+resume"]
+    assert rows["b"]["max_rel_diff_loss"] == 0 and rows["b"]["max_rel_diff_val_ce"] == 0
+    assert rows["c"]["max_rel_diff_loss"] > 0
+    assert [f.split(":")[0] for f in result["failures"]] == ["c", "c"]
+    assert rows["c+resume"]["steps"] == 3 and [r["step"] for r in rows["a"]["train"]] == [1, 2]
+    assert "FAIL c: max_rel_diff_loss" in capsys.readouterr().err
+
+
+def test_check_run_graphs_bad_input_is_one_line(fixture_dataset, tmp_path, capsys):
+    common = load("common")
+    main = load("check_run_graphs").main
+    # a failing `nanotrain run` (the fixture tokenizer's vocab is not the recipe's) is named with its log's end
+    args = ["--scale", "tiny", "--data", str(fixture_dataset), "--steps", "1", "--work", str(tmp_path / "runs"),
+            "--run-flags", "--device cpu --no-compile", "--variant", "a="]
+    assert common.run_cli("check_run_graphs.py", main, args) == 2
+    err = capsys.readouterr().err
+    assert "check_run_graphs.py: error: `nanotrain run` failed (exit 2); last lines of " in err
+    assert "does not match recipe engram-v1's vocab_size 4096" in err
+    assert not (tmp_path / "runs" / "a" / "metrics.jsonl").exists()
+    assert common.run_cli("check_run_graphs.py", main, ["--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"check_run_graphs.py: error: --data {tmp_path}: no train.bin " \
+                                              "(build one with `nanotrain data build`)"
+    (tmp_path / "train.bin").write_bytes(b"")
+    assert common.run_cli("check_run_graphs.py", main, ["--data", str(tmp_path), "--variant", "x"]) == 2
+    assert "--variant 'x': expected NAME=FLAGS" in capsys.readouterr().err
