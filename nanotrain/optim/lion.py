@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nanotrain.optim.gate import gate_value, zero_grads_unless
+from nanotrain.flat import FlatMirror
+from nanotrain.optim.gate import gate_value, zeroed_copies_unless
 
 
 class Lion(torch.optim.Optimizer):
@@ -34,32 +35,34 @@ class Lion(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self._mirrors: dict[tuple, FlatMirror] = {}  # per (group, device, dtype): the gated step's gradient copies
 
     @torch.no_grad()
     def step(self, closure=None, ok: Tensor | None = None):  # noqa: ANN001 - torch.optim.Optimizer signature
         """One update of every parameter that has a gradient; with `ok` (a 0-dim bool tensor on the parameters'
-        device) only where it is true, decided on the device (the gradients are zeroed in place where it is not)."""
+        device) only where it is true, decided on the device (where it is not, the step reads zeroed copies of the
+        gradients and leaves the gradients themselves as they were)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             # foreach ops need one device and dtype per call
             buckets: dict[tuple, list[Tensor]] = defaultdict(list)
             for p in group["params"]:
                 if p.grad is not None:
                     buckets[(p.device, p.dtype)].append(p)
-            for params in buckets.values():
-                self._update(group, params, ok)
+            for key, params in buckets.items():
+                grads = [p.grad for p in params]
+                if ok is not None:
+                    grads = zeroed_copies_unless(ok, grads, self._mirrors.setdefault((i, *key), FlatMirror()))
+                self._update(group, params, grads, ok)
         return loss
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], ok: Tensor | None) -> None:
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], ok: Tensor | None) -> None:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        grads = [p.grad for p in params]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        if ok is not None:
-            zero_grads_unless(ok, grads)
         update = torch._foreach_mul(exp_avgs, beta1)
         torch._foreach_add_(update, grads, alpha=1.0 - beta1)     # β1·m + (1−β1)·g
         torch._foreach_sign_(update)

@@ -230,3 +230,13 @@ def test_after_optimizer_step_clamps_mixing_logits_in_place():
     assert model.blocks[1].mhc_ffn.alpha_logit.item() == 0.0
     assert model.blocks[2].mhc_ffn.alpha_logit.item() == -3.0
     assert model.blocks[0].mhc_attn.alpha_logit.data_ptr() == ptr
+    # later calls reuse the module list and the flat buffer: still every sub-layer, inf reset to 0 like NaN
+    with torch.no_grad():
+        model.blocks[0].mhc_attn.alpha_logit.fill_(float("inf"))
+        model.blocks[-1].mhc_ffn.alpha_logit.fill_(float("-inf"))
+        model.blocks[1].mhc_attn.alpha_logit.fill_(-2.5)
+    model.after_optimizer_step()
+    assert model.blocks[0].mhc_attn.alpha_logit.item() == 0.0
+    assert model.blocks[-1].mhc_ffn.alpha_logit.item() == 0.0
+    assert model.blocks[1].mhc_attn.alpha_logit.item() == -2.5
+    assert model.blocks[2].mhc_ffn.alpha_logit.item() == -3.0

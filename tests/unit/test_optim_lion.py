@@ -86,3 +86,30 @@ def test_gated_step_with_a_true_flag_is_the_plain_step(dtype) -> None:
         plain.step()
         gated.step(ok=torch.tensor(True))
     assert torch.equal(a, b) and torch.equal(plain.state[a]["exp_avg"], gated.state[b]["exp_avg"])
+
+
+def test_skipped_step_between_gated_steps_leaves_no_trace() -> None:
+    """A false flag with NaN/inf gradients changes nothing, leaves the gradients as they were (Lion reads zeroed
+    copies), and the reused copy buffer does not leak into the next steps: they match a run without the bad step."""
+    torch.manual_seed(2)
+    shapes = [(5,), (3, 4), (7,)]
+    a = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    b = [torch.nn.Parameter(t.detach().clone()) for t in a]
+    plain, gated = Lion(a, lr=0.1, weight_decay=0.1), Lion(b, lr=0.1, weight_decay=0.1)
+    for step in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        if step == 2:
+            for t, g in zip(b, grads):
+                t.grad = g.clone()
+                t.grad.view(-1)[0] = float("nan")
+            bad = [t.grad.clone() for t in b]
+            gated.step(ok=torch.tensor(False))
+            assert all(torch.isnan(t.grad.view(-1)[0]) for t in b)
+            assert all(torch.equal(t.grad.nan_to_num(), g.nan_to_num()) for t, g in zip(b, bad))
+            continue
+        for t, u, g in zip(a, b, grads):
+            t.grad, u.grad = g.clone(), g.clone()
+        plain.step()
+        gated.step(ok=torch.tensor(True))
+    assert all(torch.equal(t, u) for t, u in zip(a, b))
+    assert all(torch.equal(plain.state[t]["exp_avg"], gated.state[u]["exp_avg"]) for t, u in zip(a, b))
