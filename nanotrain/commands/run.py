@@ -163,6 +163,24 @@ def _auto_compile(args: argparse.Namespace, train_cfg: Any, device_type: str, st
     return f"compile: on (auto: {remaining} {device_type.upper()} steps to run; --no-compile turns it off)"
 
 
+GRAPHS_HINT_MAX_BATCH = 4
+
+
+def _cuda_graphs_hint(args: argparse.Namespace, train_cfg: Any, device_type: str, world_size: int) -> str | None:
+    """A one-line note for a compiled small-batch run on one GPU without --cuda-graphs, else None.
+
+    At the recipes' B=2 the compiled step is host-bound: on an H200 (fourth run, benchmarks/README.md) the
+    full-scale baseline-v1 step took 68.9 ms compiled and 33.35 ms with CUDA graphs. Graphs stay opt-in until a
+    whole run with them is checked on a GPU (benchmarks/check_run_graphs.py)."""
+    if args.cuda_graphs or device_type != "cuda" or world_size != 1 or not train_cfg.compile:
+        return None
+    if train_cfg.batch_size > GRAPHS_HINT_MAX_BATCH:
+        return None
+    return ("note: at this batch size the compiled step waits on the host; --cuda-graphs replays it as CUDA graphs "
+            "(H200, full-scale baseline-v1 at batch 2: 33 ms per step against 69 ms; experimental, see "
+            "benchmarks/README.md)")
+
+
 def run(args: argparse.Namespace, info: Any) -> int:
     """Resolve recipe, scale, data and resume point; train; print where the result is."""
     import filecmp
@@ -215,6 +233,9 @@ def run(args: argparse.Namespace, info: Any) -> int:
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
+    hint = _cuda_graphs_hint(args, train_cfg, info.device.type, info.world_size)
+    if hint:
+        say(hint)
     if train_cfg.seq_len > model_cfg.max_seq_len:
         raise UserError(f"--seq-len {train_cfg.seq_len}: longer than the model's max_seq_len {model_cfg.max_seq_len}")
 

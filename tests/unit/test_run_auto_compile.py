@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, _auto_compile
+from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, GRAPHS_HINT_MAX_BATCH, _auto_compile, _cuda_graphs_hint
 from nanotrain.config import TrainConfig
 
 
@@ -65,3 +65,19 @@ def test_trainer_refuses_cuda_graphs_off_a_gpu(tmp_path, fixture_dataset):
     with pytest.raises(UserError, match="--cuda-graphs: needs a single CUDA process"):
         Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=Dataset(fixture_dataset), run_dir=tmp_path / "r",
                 recipe="baseline-v1", device="cpu", progress=False, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("kw, shown", [
+    (dict(), True),                                                   # compiled B=2 on one GPU: host-bound
+    (dict(batch=GRAPHS_HINT_MAX_BATCH + 1), False),                   # larger batches keep the GPU busy
+    (dict(graphs=True), False),                                       # already asked for
+    (dict(compiled=False), False),                                    # eager: graphs need compiling
+    (dict(device="cpu"), False),
+    (dict(world=2), False),                                           # DDP: graphs are one-process only
+])
+def test_cuda_graphs_hint_only_where_it_applies(kw, shown):
+    args = argparse.Namespace(cuda_graphs=kw.get("graphs", False))
+    cfg = TrainConfig(batch_size=kw.get("batch", 2), compile=kw.get("compiled", True))
+    hint = _cuda_graphs_hint(args, cfg, kw.get("device", "cuda"), kw.get("world", 1))
+    assert (hint is not None) is shown
+    assert hint is None or (hint.startswith("note: ") and "--cuda-graphs" in hint and "\n" not in hint)
