@@ -357,6 +357,34 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     changed = FastDecoder(model, 2, 20, compile=False).generate_greedy(prompt, 12)
     assert not torch.equal(changed, eager)
     assert torch.equal(decoder.generate_greedy(prompt, 12), changed)
+    # the loop skips Dynamo's guards; a weight swapped for a new tensor (same dtype) is still read. The eager
+    # reference decodes a copy, so the compiled decoder keeps its caches (new caches turn the guards back on)
+    assert decoder.skips_guards() and not FastDecoder(model, 2, 20, compile=False).skips_guards()
+    decoder.generate_greedy(prompt, 12)  # the eager decoder above replaced the caches: compiled again, guarded
+    copy = __import__("copy").deepcopy(model)
+    new_weight = torch.randn_like(model.norm_final.weight) + 1.0
+    model.norm_final.weight.data, copy.norm_final.weight.data = new_weight.clone(), new_weight.clone()
+    swapped = FastDecoder(copy, 2, 20, compile=False).generate_greedy(prompt, 12)
+    assert not torch.equal(swapped, changed)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert decoder.skips_guards() and torch.equal(decoder.generate_greedy(prompt, 12), swapped)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    # should Dynamo want to compile again under the unguarded stance, it raises (the message below is its own);
+    # the call then decodes again with the guards, and later calls keep them
+    step = decoder._step
+
+    def refuses_once(*args):
+        if not getattr(refuses_once, "raised", False):
+            refuses_once.raised = True
+            raise RuntimeError("Recompilation triggered with skip_guard_eval_unsafe stance. This usually means ...")
+        return step(*args)
+    decoder._step = refuses_once
+    assert decoder.skips_guards() and torch.equal(decoder.generate_greedy(prompt, 12), swapped)
+    assert refuses_once.raised and not decoder.skips_guards()
+    decoder._step, decoder._compiled_for = step, decoder._tensor_signature()
+    # a dtype change is what the guards are for: they stay on, and the step is compiled again for it
+    model.norm_final.weight.data = model.norm_final.weight.data.double()
+    assert not decoder.skips_guards()
 
 
 def test_scripts_have_help():
