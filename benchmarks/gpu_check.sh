@@ -17,8 +17,9 @@
 #             device tool's `carry`. Whether --cuda-graphs can become the default for one-GPU runs hangs on it.
 #             ~5.5 minutes (three compiles)
 #   graphs 5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
-#          6. profile_step.py at B=2, compiled, ours and the reference: per-phase CUDA-event times next to the
-#             host's own time per phase (how long Python took to issue it), and the top operators with call counts
+#          6. profile_step.py at B=2, compiled, ours and the reference, each phase started on an idle GPU
+#             (--isolate): per-phase CUDA-event times next to the host's time to issue the phase, and the top
+#             operators with call counts. Without --isolate (fourth run) a full launch queue blurred the host column
 #          7. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and the compiled
 #             CUDA-graph decode step (nanoeval.fastdecode): 1,040 and 55.8k tok/s in the fourth run (both targets met)
 #          8. decode of engram-v1 (the front-door model) at batch 1 with the static step (Engram support: sixth
@@ -78,7 +79,7 @@ fi
 if [[ $PART == graphs || $PART == all ]]; then
   step fwdbwd_b2_graphs 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --fwd-bwd-only --only nanotrain,reference-adamw --steps 20 --warmup 3
-  step profile_b2 200 profile_step.py --device cuda --scale full --batch-size 2 --compile
+  step profile_b2 200 profile_step.py --device cuda --scale full --batch-size 2 --compile --isolate
   # TORCH_LOGS: Inductor's reason if it skips the decode step's CUDA graph, and Dynamo's for any recompile (one
   # frame per batch size is expected since the sixth session's fix of the warm-up's inference-mode ids)
   TORCH_LOGS=cudagraphs,recompiles step decode 170 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \

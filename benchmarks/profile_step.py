@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our forward and loss (as the Trainer does) and the reference's forward+loss")
     p.add_argument("--no-reference", action="store_true", help="profile ours only")
+    p.add_argument("--isolate", action="store_true",
+                   help="wait for the GPU before each phase, so its host time is the time to issue that phase "
+                        "alone: without it a phase can also wait for the launch queue to drain, which hides "
+                        "which phase is host-bound (the sum of phases then exceeds the step; no effect on CPU)")
     p.add_argument("--top", type=int, default=20, help="operators to list (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
     from nanotrain.model.mhc import MHC_FORMS
@@ -51,12 +55,15 @@ class PhaseTimer:
 
     It also keeps the host's own time per phase (perf_counter around the call, no sync): on a GPU that is how long
     Python took to issue the phase's work, so a phase whose host time is close to its device time is host-bound
-    (the device waited for the launches). On the CPU the two are the same interval."""
+    (the device waited for the launches). Without `isolate` the host can also block inside a phase on a full
+    launch queue left by the previous one (the fourth H200 run: the reference's forward showed 22.6 ms of host time
+    for 11.7 ms of device time); with it each phase starts on an idle GPU. On the CPU the two are the same
+    interval."""
 
-    def __init__(self, device):
+    def __init__(self, device, isolate: bool = False):
         import torch
 
-        self.torch, self.cuda = torch, device.type == "cuda"
+        self.torch, self.cuda, self.isolate = torch, device.type == "cuda", isolate
         self.marks: list[tuple[str, object, object]] = []
         self.host: list[tuple[str, float]] = []
 
@@ -68,6 +75,8 @@ class PhaseTimer:
         return time.perf_counter()
 
     def phase(self, name, fn):
+        if self.isolate and self.cuda:
+            self.torch.cuda.synchronize()
         h0 = time.perf_counter()
         t0 = self._now()
         r = fn()
@@ -166,7 +175,7 @@ def time_phases(name, step, args, device) -> dict[str, float]:
     for _ in range(args.warmup):
         step(PhaseTimer(device))
     built = time.perf_counter() - t0
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, args.isolate)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step(timer)
@@ -219,7 +228,7 @@ def main(argv=None) -> int:
     args.seq_len = args.seq_len or tc.seq_len
     print(f"device {common.device_info(device)['name']}, torch {torch.__version__}, {args.recipe} {args.scale}, "
           f"B={args.batch_size} T={args.seq_len}, bf16 autocast{', compiled' if args.compile else ', eager'}, "
-          f"mHC form {args.mhc_form}")
+          f"mHC form {args.mhc_form}{', phases isolated' if args.isolate else ''}")
     out = {"settings": vars(args) | {"out": str(args.out), "malloc_tuned": malloc_tuned}}
     ours = our_step(args, device)
     out["nanotrain"] = time_phases("nanotrain (Muon+Lion)", ours, args, device)

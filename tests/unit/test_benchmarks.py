@@ -185,8 +185,9 @@ def test_profile_step_micro_reports_device_and_host_time_per_phase(tmp_path, cap
     profile_step = load("profile_step")
     out = tmp_path / "profile.json"
     assert profile_step.main(MICRO + ["--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1",
-                                      "--top", "3", "--out", str(out)]) == 0
+                                      "--top", "3", "--isolate", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["settings"]["isolate"] is True
     ours, ref = result["nanotrain"], result["reference"]
     phases = ["forward", "objective+backward", "clip", "optimiser step (gated by the flag)", "zero grads"]
     assert all(ours[p] > 0 and ours["host_ms"][p] > 0 for p in phases)
