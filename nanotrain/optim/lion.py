@@ -35,7 +35,9 @@ class Lion(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self._mirrors: dict[tuple, FlatMirror] = {}  # per (group, device, dtype): the gated step's gradient copies
+        # per (group, device, dtype): the gated step's gradient copies (memory: one more copy of Lion's gradients,
+        # ~67 MB for full-scale baseline-v1)
+        self._mirrors: dict[tuple, FlatMirror] = {}
 
     @torch.no_grad()
     def step(self, closure=None, ok: Tensor | None = None):  # noqa: ANN001 - torch.optim.Optimizer signature
