@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,6 @@ def steady_step_ms(train: list[dict[str, Any]]) -> float | None:
 
 def run_nanotrain(args: list[str], log: Path) -> float:
     """Run `python -m nanotrain run ...`, output to `log`; UserError naming the log on failure. Returns seconds."""
-    import time
-
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep))
     cmd = [sys.executable, "-m", "nanotrain", "run", *args]
     print("$ " + shlex.join(cmd[1:]), flush=True)
