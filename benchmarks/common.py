@@ -181,10 +181,15 @@ def measure(variants: list[Variant], device: torch.device, warmup: int, steps: i
 
 
 def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, desc: str) -> Measurement:
+    from torch._dynamo.utils import counters
+
     t0 = time.perf_counter()
+    skips = counters["inductor"]["cudagraph_skips"]
     step, info = v.build()
     for _ in tqdm(range(warmup), desc=f"{desc}: {v.name} warm-up", leave=False, file=sys.stderr):
         step()
+    # graphs Inductor compiled without their CUDA graph (mode reduce-overhead): 0 means every graph is replayed
+    info = info | {"cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips}
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]

@@ -7,7 +7,9 @@
 #             with batched Muon. Host-bound without CUDA graphs (68.9 ms against the reference's 55.0 ms, fourth
 #             run); the eager update has issued about half as many ops since (308 against 630), not yet timed
 #          2. our whole training step at B=2 with CUDA graphs, as `nanotrain run --cuda-graphs` runs it (the
-#             optimiser step stays eager): 33.35 ms in the fourth run, the B=2 target's number
+#             optimiser step stays eager): 33.35 ms in the fourth run, the B=2 target's number. The JSON row's
+#             `cudagraph_skips` counts graphs Inductor compiled without a CUDA graph (0 = all replayed); it replaces
+#             TORCH_LOGS=cudagraphs, whose per-input lines filled the fourth run's output
 #          3. haar-v5 at B=2 with CUDA graphs. With step 2 and the engram-v1 step time of step 4, the measured wall
 #             time of the original session's four runs (the 25-minute target; only projected so far). ~9 minutes in
 #             all with a cold compile cache
@@ -68,7 +70,7 @@ echo "=== part: $PART" | tee -a "$LOG"
 if [[ $PART == core || $PART == all ]]; then
   step train_b2 200 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 --compile \
     --only nanotrain,reference-muon --steps 20 --warmup 3
-  TORCH_LOGS=cudagraphs step train_b2_graphs 160 bench_train.py --device cuda --scale full --batch-size 2 \
+  step train_b2_graphs 160 bench_train.py --device cuda --scale full --batch-size 2 \
     --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 30 --warmup 3
   step recipes_b2_graphs 180 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --recipes haar-v5 --steps 30 --warmup 3
