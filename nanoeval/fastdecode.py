@@ -276,7 +276,8 @@ class FastDecoder:
                              f"got batch {b}, {t0} + {max_new_tokens} positions")
         fresh_caches = not self._caches_intact()
         if fresh_caches:
-            self._setup_caches()  # new cache tensors: the step is compiled (and its graph recorded) again, with guards
+            with torch.inference_mode(False):  # normal tensors, like the caches the warm-up compiled for
+                self._setup_caches()  # new cache tensors: the step's graph is recorded again, with guards
         if self._static_step is not None:
             self._static_step.refresh_fused()
         if self.skips_guards() and not fresh_caches:

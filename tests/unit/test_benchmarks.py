@@ -361,7 +361,7 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     # the loop skips Dynamo's guards; a weight swapped for a new tensor (same dtype) is still read. The eager
     # reference decodes a copy, so the compiled decoder keeps its caches (new caches turn the guards back on)
     assert decoder.skips_guards() and not FastDecoder(model, 2, 20, compile=False).skips_guards()
-    decoder.generate_greedy(prompt, 12)  # the eager decoder above replaced the caches: compiled again, guarded
+    decoder.generate_greedy(prompt, 12)  # the eager decoder above replaced the caches: new caches, guarded call
     copy = __import__("copy").deepcopy(model)
     new_weight = torch.randn_like(model.norm_final.weight) + 1.0
     model.norm_final.weight.data, copy.norm_final.weight.data = new_weight.clone(), new_weight.clone()
@@ -386,6 +386,31 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     # a dtype change is what the guards are for: they stay on, and the step is compiled again for it
     model.norm_final.weight.data = model.norm_final.weight.data.double()
     assert not decoder.skips_guards()
+
+
+def test_compiled_decoders_sharing_a_model_take_turns_without_recompiling():
+    """Two compiled decoders of one model (batch 1 and 3) replace each other's caches on every call. The new caches
+    are made as normal tensors, like those the warm-up compiled for, so taking turns compiles nothing new (caches
+    made inside inference mode have another dispatch key set, and Dynamo compiled the step again for them)."""
+    import copy
+
+    from nanoeval.fastdecode import FastDecoder
+    from nanotrain.model.gpt import GPT
+    from nanotrain.recipes import get_recipe
+
+    cfg, _ = get_recipe("baseline-v1").build("tiny")
+    cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size, cfg.n_layers = 32, 4, 2, 64, 300, 2
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    twin = copy.deepcopy(model)
+    p1, p3 = torch.randint(2, 300, (1, 5)), torch.randint(2, 300, (3, 5))
+    e1 = FastDecoder(twin, 1, 20, compile=False).generate_greedy(p1, 8)
+    e3 = FastDecoder(twin, 3, 20, compile=False).generate_greedy(p3, 8)
+    d1, d3 = FastDecoder(model, 1, 20, compile=True), FastDecoder(model, 3, 20, compile=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for _ in range(2):
+        assert torch.equal(d1.generate_greedy(p1, 8), e1) and torch.equal(d3.generate_greedy(p3, 8), e3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 def test_scripts_have_help():
