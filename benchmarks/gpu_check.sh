@@ -72,7 +72,7 @@ if [[ $PART == core || $PART == all ]]; then
     --only nanotrain,reference-muon --steps 20 --warmup 3
   step train_b2_graphs 160 bench_train.py --device cuda --scale full --batch-size 2 \
     --seq-len 1024 --compile-mode reduce-overhead --only nanotrain --steps 30 --warmup 3
-  step recipes_b2_graphs 180 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+  step recipes_b2_graphs 200 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
     --compile-mode reduce-overhead --recipes haar-v5 --steps 30 --warmup 3
 fi
 if [[ $PART == run || $PART == all ]]; then
