@@ -179,14 +179,14 @@ class FastDecoder:
     call sets them up again (on CUDA that re-records the graph).
 
     Per token the compiled step also pays for Dynamo's guards: ~0.2 ms of host time per call for the full-scale
-    step's ~425 inputs (CPU, measured: 1.66 against 1.42 ms per call), at batch 1 a large share of a token. The loop therefore runs under
-    `torch.compiler.set_stance(skip_guard_eval_unsafe=True)`, which skips the guards once the cache entry is
-    settled. That is safe here because the decoder fixes what the guards check: the warm-up compiled the step
-    for this batch size in inference mode, every call feeds the same shapes, and each `generate_greedy` first
-    compares the model's tensors (dtype, device, shape) with those seen at compile time and keeps the guards
-    when anything differs (e.g. after `model.half()`), or when it has just set up new caches (new static
-    addresses, which the guards catch and compile for). Should Dynamo still ask to compile again under that
-    stance (it raises), the call decodes again with the guards, and so does every later call.
+    step's ~425 inputs (CPU, measured: 1.66 against 1.42 ms per call), at batch 1 a large share of a token. The loop
+    therefore runs under `torch.compiler.set_stance(skip_guard_eval_unsafe=True)`, which skips the guards once the
+    cache entry is settled. That is safe here because the decoder fixes what the guards check: the warm-up compiled
+    the step for this batch size in inference mode, every call feeds the same shapes, and each `generate_greedy`
+    first compares the model's tensors (dtype, device, shape) with those seen at compile time and keeps the guards
+    when anything differs (e.g. after `model.half()`), or when it has just set up new caches (new static addresses,
+    which the guards catch and compile for). Should Dynamo still ask to compile again under that stance (it raises),
+    the call decodes again with the guards, and so does every later call.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_len: int, *, compile: bool | None = None,

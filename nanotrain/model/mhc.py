@@ -48,7 +48,8 @@ Initialisation (`mhc_init`):
   For N>2, mix_logits start at 1 on the diagonal (mostly keep your own stream) instead of the seed-like zeros.
 The mix of the model's very last sub-layer is structurally inert: collapse takes the stream mean, and a doubly
 stochastic mix preserves it, so that one alpha_logit only ever gets an exact zero gradient (in the seed too).
-`clamp_()` is the seed's post-step clamp of the mixing logits to [-3, 3] (in place, no host sync).
+`clamp_mixing_logits_` is the seed's post-step clamp of the mixing logits to [-3, 3] (in place, no host sync;
+`GPT.after_optimizer_step` applies it to every module's `mixing_logits()`).
 """
 
 from __future__ import annotations
@@ -239,18 +240,13 @@ class MHCLite(nn.Module):
             return None
         return self.alpha_logit if self.n_streams == 2 else self.mix_logits
 
-    def clamp_(self) -> None:
-        """Clamp the mixing logits to [-3, 3] in place; non-finite values are reset to 0 (seed behaviour)."""
-        p = self.mixing_logits()
-        if p is not None:
-            clamp_mixing_logits_([p], FlatMirror())
 
 
 @torch.no_grad()
 def clamp_mixing_logits_(params: list[torch.Tensor], mirror: FlatMirror) -> None:
-    """`MHCLite.clamp_` of many modules at once, in place (same dtype and device): non-finite values to 0, then
-    clamp to [-3, 3]. The tiny logits go through `mirror`'s flat buffer: ~4 kernels for a model's 40 sub-layers
-    instead of 80, each of which the host issues one by one in eager mode."""
+    """The seed's post-step clamp of the mixing logits of many modules at once, in place (same dtype and device):
+    non-finite values to 0, then clamp to [-3, 3]. The tiny logits go through `mirror`'s flat buffer: ~4 kernels
+    for a model's 40 sub-layers instead of 80, each of which the host issues one by one in eager mode."""
     if not params:
         return
     flat, views = mirror.load(params)
