@@ -2,8 +2,8 @@
 
 `bench_train.py --compile-mode reduce-overhead` times the bare step. This script runs the real thing, the
 `nanotrain run` command a user types: dataset, schedule, logging, evaluation and checkpoints. It runs one recipe
-from the same seed once per variant (default: `compiled` = `--compile`, `graphs` = `--cuda-graphs`). Then it
-resumes the last variant's run from its checkpoint for a few more steps. It compares:
+from the same seed once per variant (default: `compiled` = `--compile --no-cuda-graphs`, `graphs` =
+`--cuda-graphs`). Then it resumes the last variant's run from its checkpoint for a few more steps. It compares:
 
 - the logged training losses, interval by interval (same seed and data order, so they should agree to within bf16
   noise; the check fails when one differs by more than --tol, relative),
@@ -35,7 +35,7 @@ from benchmarks.common import RESULTS_DIR, format_table, run_cli, write_json  # 
 from nanotrain.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VARIANTS = ["compiled=--compile", "graphs=--cuda-graphs"]
+DEFAULT_VARIANTS = ["compiled=--compile --no-cuda-graphs", "graphs=--cuda-graphs"]
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of the resumed run, from the last variant's final checkpoint (0: no resume)")
     ap.add_argument("--variant", action="append", metavar="NAME=FLAGS",
                     help="a variant: name and extra `nanotrain run` flags; repeatable; the first is the one the "
-                         f"others are compared with (default: {' '.join(DEFAULT_VARIANTS)})")
+                         f"others are compared with (default: {' '.join(repr(v) for v in DEFAULT_VARIANTS)})")
     ap.add_argument("--run-flags", default="", metavar="FLAGS",
                     help="extra `nanotrain run` flags for every variant, e.g. '--batch-size 4 --seq-len 128'")
     ap.add_argument("--tol", type=float, default=0.02,

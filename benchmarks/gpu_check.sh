@@ -6,18 +6,18 @@
 #   core   1. train, full baseline-v1 shapes, at the seed's batch B=2 T=1024, compiled: nanotrain vs the reference
 #             with batched Muon. Host-bound without CUDA graphs (68.9 ms against the reference's 55.0 ms, fourth
 #             run); the eager update has issued about half as many ops since (308 against 630), not yet timed
-#          2. our whole training step at B=2 with CUDA graphs, as `nanotrain run --cuda-graphs` runs it (the
-#             optimiser step stays eager): 33.35 ms in the fourth run, the B=2 target's number. The JSON row's
+#          2. our whole training step at B=2 with CUDA graphs, as `nanotrain run` runs it by default there (the
+#             optimiser step stays eager): 33.35 ms in the fourth run, 32.9 in the fifth; the B=2 target's number. The JSON row's
 #             `cudagraph_skips` counts graphs Inductor compiled without a CUDA graph (0 = all replayed); it replaces
 #             TORCH_LOGS=cudagraphs, whose per-input lines filled the fourth run's output
-#          3. haar-v5 at B=2 with CUDA graphs. With step 2 and the engram-v1 step time of step 4, the measured wall
-#             time of the original session's four runs (the 25-minute target; only projected so far). ~9 minutes in
-#             all with a cold compile cache
+#          3. haar-v5 at B=2 with CUDA graphs (32.5 ms in the fifth run). With step 2 and the engram-v1 step time
+#             of step 4, the original session's four runs: 20.5 minutes of steps in the fifth run (target 25).
+#             ~9 minutes in all with a cold compile cache
 #   run    4. check_run_graphs.py: a real `nanotrain run engram-v1` at full scale, 120 steps with --compile and with
 #             --cuda-graphs from the same seed, then the graphs run resumed for 20 steps: logged losses must agree
 #             (2%), steady step times side by side. Needs the dataset: name data/datasets/rust-default (16 MB) in the
-#             device tool's `carry`. Whether --cuda-graphs can become the default for one-GPU runs hangs on it.
-#             ~5.5 minutes (three compiles)
+#             device tool's `carry`. It passed in the fifth run (36.1 ms against 74.0, losses within 1.6e-5), and
+#             graphs became the default for one-GPU runs at batch <= 4. ~5.5 minutes (three compiles)
 #   graphs 5. forward+backward only at B=2 with CUDA graphs (compile mode reduce-overhead): ours vs the reference
 #          6. profile_step.py at B=2, compiled, ours and the reference, each phase started on an idle GPU
 #             (--isolate): per-phase CUDA-event times next to the host's time to issue the phase, and the top
@@ -36,9 +36,10 @@
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26/27: with a cold compile cache, building our full-scale step takes
-# 75-115 s (at each batch size and compile mode; 24 s with the cache warm), the reference's ~25-40 s, fastdecode's
-# step ~35-50 s; an eager sampler run of 256 tokens ~5-7 s. A session's 15 minutes of device time, machine start
-# included, fit one part plus a ~4-minute command: `core` first, then `run`.
+# 75-115 s (at each batch size and compile mode; haar-v5 with graphs 145 s; 24 s with the cache warm), the
+# reference's ~25-50 s, fastdecode's step ~35-50 s; an eager sampler run of 256 tokens ~5-7 s. A session's 15 minutes
+# of device time, machine start included, fit one part plus a ~4-minute command: the steps still open first
+# (docs/DEVELOPING.md, "Measuring on a lent GPU", lists them).
 # Usage: bash benchmarks/gpu_check.sh [core|run|graphs|extra|all]   (default all; PY=python3; repo on PYTHONPATH)
 #        ONLY=train_b2,profile_b2 bash benchmarks/gpu_check.sh all   runs just the named steps, in the order above
 set -uo pipefail

@@ -218,8 +218,9 @@ class Trainer:
     `train_cfg.batch_size` is the GLOBAL batch (rows per step across all ranks), so a run resumes exactly at any
     world size. `loss_hook(step, loss) -> loss` lets tests poison the loss of a given step (NaN guard).
     `cuda_graphs=True` compiles the model and the loss with CUDA graphs (torch.compile mode "reduce-overhead"),
-    for small batches on one GPU: the training step reads nothing back to the host, so it can be replayed
-    whole; the optimizer step stays eager. It needs a single CUDA process and is not saved with the run.
+    for small batches on one GPU (`nanotrain run`'s default at batch <= 4 there): the training step reads nothing
+    back to the host, so it can be replayed whole; the optimizer step stays eager. It needs a single CUDA process
+    and is not saved with the run.
     """
 
     def __init__(

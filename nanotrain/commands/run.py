@@ -47,13 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the model (default: auto = on for invocations of at least "
                         f"{AUTO_COMPILE_MIN_STEPS} steps, where it pays for its 1-1.5 minutes of compiling)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False, help="never torch.compile")
-    p.add_argument("--cuda-graphs", action="store_true",
+    p.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, default=None,
                    help="compile with CUDA graphs (torch.compile mode reduce-overhead): each step replays "
-                        "recorded kernels instead of launching them one by one, for small batches (the "
-                        "recipes' B=2) on one GPU; implies --compile; one CUDA process only. On an H200 the "
-                        "full-scale baseline-v1 step at B=2 took 33 ms with it and 69 ms without (a host-bound "
-                        "step). Experimental: timed as a bare step, not yet checked in a whole run "
-                        "(benchmarks/check_run_graphs.py does that; see benchmarks/README.md)")
+                        "recorded kernels instead of launching them one by one. Default: auto = on for a "
+                        f"compiled run at batch <= {GRAPHS_AUTO_MAX_BATCH} in one CUDA process (the recipes' "
+                        "B=2 step is host-bound without it). On an H200, full-scale engram-v1 in a whole run: "
+                        "36 ms per step with graphs, 74 ms without, same losses. Given explicitly it implies "
+                        "--compile and needs one CUDA process")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False,
+                   help="never record CUDA graphs (plain --compile)")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="checkpoint folder to continue from, or 'auto' for the newest one of this run")
     p.add_argument("--resume-lr", choices=["rewarm", "jump"],
@@ -163,22 +165,26 @@ def _auto_compile(args: argparse.Namespace, train_cfg: Any, device_type: str, st
     return f"compile: on (auto: {remaining} {device_type.upper()} steps to run; --no-compile turns it off)"
 
 
-GRAPHS_HINT_MAX_BATCH = 4
+GRAPHS_AUTO_MAX_BATCH = 4
 
 
-def _cuda_graphs_hint(args: argparse.Namespace, train_cfg: Any, device_type: str, world_size: int) -> str | None:
-    """A one-line note for a compiled small-batch run on one GPU without --cuda-graphs, else None.
+def _auto_cuda_graphs(args: argparse.Namespace, train_cfg: Any, device_type: str, world_size: int) -> tuple[bool, str | None]:
+    """Whether to record CUDA graphs, and a line saying why when the default (neither flag) turned them on.
 
-    At the recipes' B=2 the compiled step is host-bound: on an H200 (fourth run, benchmarks/README.md) the
-    full-scale baseline-v1 step took 68.9 ms compiled and 33.35 ms with CUDA graphs. Graphs stay opt-in until a
-    whole run with them is checked on a GPU (benchmarks/check_run_graphs.py)."""
-    if args.cuda_graphs or device_type != "cuda" or world_size != 1 or not train_cfg.compile:
-        return None
-    if train_cfg.batch_size > GRAPHS_HINT_MAX_BATCH:
-        return None
-    return ("note: at this batch size the compiled step waits on the host; --cuda-graphs replays it as CUDA graphs "
-            "(H200, full-scale baseline-v1 at batch 2: 33 ms per step against 69 ms; experimental, see "
-            "benchmarks/README.md)")
+    Auto = on for a compiled run in one CUDA process at batch <= GRAPHS_AUTO_MAX_BATCH, where the compiled step
+    waits on the host. Measured on an H200 (torch 2.11, full scale, B=2, benchmarks/README.md fifth run): a whole
+    `nanotrain run engram-v1` of 120 steps took 36.1 ms per step with graphs and 74.0 ms without, logged losses
+    within 1.6e-5 (relative) of each other, and the graphs run resumed from its checkpoint
+    (benchmarks/check_run_graphs.py). The bare baseline-v1 step: 32.9 ms with graphs (fifth run), 68.9 ms without
+    (fourth run). Larger batches keep the GPU busy and are not timed with graphs, so they stay plain."""
+    if args.cuda_graphs is not None:
+        return bool(args.cuda_graphs), None
+    if device_type != "cuda" or world_size != 1 or not train_cfg.compile:
+        return False, None
+    if train_cfg.batch_size > GRAPHS_AUTO_MAX_BATCH:
+        return False, None
+    return True, (f"cuda graphs: on (auto: compiled, batch {train_cfg.batch_size} on one GPU; "
+                  "--no-cuda-graphs turns them off)")
 
 
 def run(args: argparse.Namespace, info: Any) -> int:
@@ -233,9 +239,9 @@ def run(args: argparse.Namespace, info: Any) -> int:
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
-    hint = _cuda_graphs_hint(args, train_cfg, info.device.type, info.world_size)
-    if hint:
-        say(hint)
+    cuda_graphs, why = _auto_cuda_graphs(args, train_cfg, info.device.type, info.world_size)
+    if why:
+        say(why)
     if train_cfg.seq_len > model_cfg.max_seq_len:
         raise UserError(f"--seq-len {train_cfg.seq_len}: longer than the model's max_seq_len {model_cfg.max_seq_len}")
 
@@ -253,7 +259,7 @@ def run(args: argparse.Namespace, info: Any) -> int:
 
     trainer = Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=dataset, run_dir=run_dir,
                       recipe=recipe.name, scale=scale, dist=info, progress=not args.no_progress,
-                      cuda_graphs=args.cuda_graphs)
+                      cuda_graphs=cuda_graphs)
     if source is not None:
         trainer.resume(source)
         say(f"resumed from {source} at step {trainer.step}"

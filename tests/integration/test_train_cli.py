@@ -49,6 +49,17 @@ def test_unknown_recipe_lists_valid_ones(capsys):
     assert "unknown recipe 'engram-v9'" in err and "engram-v1" in err and "haar-v5" in err
 
 
+@pytest.mark.parametrize("flag", [[], ["--no-cuda-graphs"]])
+def test_cpu_run_has_no_cuda_graphs_and_no_cuda_graphs_is_allowed(capsys, tmp_path, fixture_dataset, small_tiny,
+                                                                  flag):
+    """On a CPU the default leaves CUDA graphs off without a word, and --no-cuda-graphs is accepted anywhere."""
+    code, out, err = nanotrain(capsys, "run", "baseline-v1", "--scale", "tiny", "--data", fixture_dataset, "--out",
+                               tmp_path, "--steps", 2, "--no-progress", *flag)
+    assert code == 0, err
+    assert "cuda graphs" not in out and "cuda-graphs" not in out
+    assert (tmp_path / "baseline-v1" / "step_2").is_dir()
+
+
 def test_missing_dataset(capsys, tmp_path):
     code, _, err = nanotrain(capsys, "run", "engram-v1", "--data", tmp_path / "nope", "--out", tmp_path)
     assert code == 2 and "nope: dataset folder not found" in err

@@ -1,10 +1,11 @@
-"""`nanotrain run`'s compile default: on for invocations (CPU or GPU) that run >= AUTO_COMPILE_MIN_STEPS steps, else off."""
+"""`nanotrain run`'s defaults: compile on for invocations (CPU or GPU) that run >= AUTO_COMPILE_MIN_STEPS steps, else
+off; CUDA graphs on for a compiled small-batch run in one CUDA process, else off."""
 
 import argparse
 
 import pytest
 
-from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, GRAPHS_HINT_MAX_BATCH, _auto_compile, _cuda_graphs_hint
+from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, GRAPHS_AUTO_MAX_BATCH, _auto_compile, _auto_cuda_graphs
 from nanotrain.config import TrainConfig
 
 
@@ -67,17 +68,31 @@ def test_trainer_refuses_cuda_graphs_off_a_gpu(tmp_path, fixture_dataset):
                 recipe="baseline-v1", device="cpu", progress=False, cuda_graphs=True)
 
 
-@pytest.mark.parametrize("kw, shown", [
-    (dict(), True),                                                   # compiled B=2 on one GPU: host-bound
-    (dict(batch=GRAPHS_HINT_MAX_BATCH + 1), False),                   # larger batches keep the GPU busy
-    (dict(graphs=True), False),                                       # already asked for
-    (dict(compiled=False), False),                                    # eager: graphs need compiling
-    (dict(device="cpu"), False),
-    (dict(world=2), False),                                           # DDP: graphs are one-process only
+@pytest.mark.parametrize("kw, on, said", [
+    (dict(), True, True),                                             # compiled B=2 on one GPU: host-bound
+    (dict(batch=GRAPHS_AUTO_MAX_BATCH), True, True),
+    (dict(batch=GRAPHS_AUTO_MAX_BATCH + 1), False, False),            # larger batches keep the GPU busy
+    (dict(flag=True), True, False),                                   # --cuda-graphs: asked for, nothing to say
+    (dict(flag=True, batch=16), True, False),                         # ... at any batch
+    (dict(flag=False), False, False),                                 # --no-cuda-graphs
+    (dict(compiled=False), False, False),                             # eager: graphs need compiling
+    (dict(device="cpu"), False, False),
+    (dict(world=2), False, False),                                    # DDP: graphs are one-process only
 ])
-def test_cuda_graphs_hint_only_where_it_applies(kw, shown):
-    args = argparse.Namespace(cuda_graphs=kw.get("graphs", False))
+def test_auto_cuda_graphs_rule(kw, on, said):
+    args = argparse.Namespace(cuda_graphs=kw.get("flag"))
     cfg = TrainConfig(batch_size=kw.get("batch", 2), compile=kw.get("compiled", True))
-    hint = _cuda_graphs_hint(args, cfg, kw.get("device", "cuda"), kw.get("world", 1))
-    assert (hint is not None) is shown
-    assert hint is None or (hint.startswith("note: ") and "--cuda-graphs" in hint and "\n" not in hint)
+    graphs, why = _auto_cuda_graphs(args, cfg, kw.get("device", "cuda"), kw.get("world", 1))
+    assert graphs is on and (why is not None) is said
+    assert why is None or ("--no-cuda-graphs" in why and "\n" not in why)
+
+
+@pytest.mark.parametrize("argv, value", [
+    ([], None), (["--cuda-graphs"], True), (["--no-cuda-graphs"], False), (["--cuda-graphs", "--no-cuda-graphs"], False),
+])
+def test_cuda_graphs_flags_parse_to_auto_on_off(argv, value):
+    from nanotrain.cli import build_parser
+
+    args = build_parser("nanotrain", "", "nanotrain.commands").parse_args(["run", "engram-v1", *argv])
+    assert args.cuda_graphs is value
+
