@@ -4,7 +4,7 @@ Variants (greedy decoding of the same prompt, same shapes, random weights, timed
 - `sampler-kv`: `nanoeval.sample.generate` with the model's static KV cache (what `nanoeval generate` runs);
 - `sampler-recompute`: the same sampler re-running the whole prefix for every token (the seed's way);
 - `reference-kv`: benchmarks/reference.py's plain GPT in a bare greedy loop with its own KV cache;
-- `fastdecode` (CUDA only): nanoeval.fastdecode's compiled one-token step with CUDA graphs (prefill eager).
+- `fastdecode` (CUDA only): nanoeval.fastdecode's compiled one-token step and prefill chunk, with CUDA graphs.
 
 Where the recipe's context is shorter than prompt + new tokens (tiny: 256), the RoPE table/cache length is
 extended to fit (recorded as `context`; no weight changes shape). The weights are random, so the `<eos>` embedding

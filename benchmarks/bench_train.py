@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode (implies --compile); reduce-overhead captures CUDA graphs, which is "
                         "what small batches need on a GPU")
+    p.add_argument("--reference-compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="compile mode of the reference variants when it should differ from --compile-mode, e.g. "
+                        "ours with CUDA graphs (nanotrain run's default at small batch) against the reference "
+                        "compiled without them (the yardstick of the targets)")
     p.add_argument("--fwd-bwd-only", action="store_true",
                    help="time forward + loss + backward only (no clip, no optimiser step): the model's own "
                         "throughput, without the optimiser update")
@@ -191,7 +196,8 @@ def reference_variant(recipe: str, scale: str, overrides: list[str], args, devic
         torch.manual_seed(args.seed)
         model = reference.RefGPT(cfg).to(device)
         opt = reference.adamw(model.parameters()) if optimiser == "adamw" else reference.BatchedMuon(model)
-        loss_fn = compile_fn(model.loss, args)
+        mode = args.reference_compile_mode or args.compile_mode
+        loss_fn = compile_fn(model.loss, argparse.Namespace(compile=args.compile, compile_mode=mode))
         x, y = random_batch(cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
         amp = common.autocast_dtype(args.dtype)
 
@@ -235,7 +241,7 @@ def resolve_settings(args) -> None:
 
     cuda = args.device == "cuda"
     args.scale = args.scale or ("full" if cuda else "tiny")
-    args.compile = args.compile or args.compile_mode is not None
+    args.compile = args.compile or args.compile_mode is not None or args.reference_compile_mode is not None
     args.steps = args.steps if args.steps is not None else (20 if cuda else 8)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     first = args.recipes[0] if args.recipes else args.recipe
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
             variants = [v for v in variants if v.name in wanted]
     settings = {k: getattr(args, k) for k in ("recipe", "scale", "batch_size", "seq_len", "steps", "warmup",
-                                              "compile", "compile_mode", "fwd_bwd_only", "dtype", "seed")}
+                                              "compile", "compile_mode", "reference_compile_mode",
+                                              "fwd_bwd_only", "dtype", "seed")}
     settings["recipes"] = args.recipes
     settings["mhc_forms"] = forms
     settings["overrides"] = args.set
@@ -308,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {dev['name']} ({dev['type']}{', %s threads' % dev['threads'] if 'threads' in dev else ''}), "
           f"torch {result['torch']}, {args.scale} scale, B={args.batch_size} T={args.seq_len}, {args.dtype}"
           f"{', compiled' if args.compile else ''}{' (%s)' % args.compile_mode if args.compile_mode else ''}"
+          f"{', reference (%s)' % args.reference_compile_mode if args.reference_compile_mode else ''}"
           f"{', forward+backward only' if args.fwd_bwd_only else ''}, median of {args.steps} steps")
     print(common.format_table(rows, [("name", "variant"), ("params", "params"), ("step_ms", "step ms"),
                                      ("tok_per_s", "tok/s"), ("cpu_step_ms", "CPU-time ms"), ("mfu", "MFU"),

@@ -82,7 +82,7 @@ def compare(reference: list[dict[str, Any]], other: list[dict[str, Any]], key: s
     return max(diffs) if diffs else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="check_run_graphs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="engram-v1", help="recipe to train (default engram-v1)")
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(default 0.02)")
     ap.add_argument("--work", type=Path, default=None, help="runs folder (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     for flag in ("steps", "total_steps", "log_every"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be positive")

@@ -5,9 +5,13 @@ step has a new shape: torch.compile would recompile (or re-record a CUDA graph) 
 takes the position as a 0-dim device tensor instead: RoPE angles are gathered with `index_select`, the new key
 and value are written with `index_copy_` into the model's own static caches (module buffers, so CUDA graphs are
 not skipped for "mutated inputs"), and attention reads the whole cache under a mask `key_pos <= pos`. One graph
-then serves every position. Prefill runs `GPT.forward(start_pos=0)` eagerly: it is one forward per call, and
-compiling it too (dynamic shapes, since every prompt length differs) adds a second compile; in the first GPU
-run the two compiles together did not finish within the 110 s slot.
+then serves every position. The prefill is the same code over a chunk of `prefill_chunk` positions (default 64),
+compiled separately with its own CUDA graph: a prompt runs as one call per chunk, the last chunk padded, so one
+fixed shape serves every prompt length (dynamic shapes would recompile, and the first GPU run's attempt at that did
+not finish compiling within its 110 s slot). Eagerly, the prefill is one host-bound `GPT.forward`, likely about as
+long as one eager sampler step (26 ms at batch 1 on an H200 in the fourth run), ~10% of that run's 246 ms for a
+256-token decode; the compiled chunk is not yet timed on a GPU. CPU, 20 layers at tiny widths, a 46-token prompt,
+one thread: 30 ms compiled (one padded chunk) against 33-36 ms for the eager forward.
 
 It reuses the model's modules (embedding, mHC, norms, projections, head) and only re-states the order of a
 block's sub-layers; a test checks it against `GPT.forward(start_pos=...)` token for token. In the third H200 run a
@@ -38,6 +42,9 @@ from nanotrain.model.engram import Engram, causal_depthwise_conv, hash_indices
 from nanotrain.model.mhc import collapse_streams, expand_streams
 from nanotrain.model.stamp import weights_stamp
 
+PREFILL_CHUNK = 64
+"""Positions per prefill call of the static path: prompts up to this length take one call."""
+
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why `model` cannot use the static decode step (None if it can)."""
@@ -58,7 +65,10 @@ def _before(cache: torch.Tensor, at: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class StaticDecodeStep(nn.Module):
-    """One decode step of a GPT at a tensor position: (token [B, 1], pos 0-dim long) -> logits [B, vocab]."""
+    """One decode step of a GPT at a tensor position: (token [B, 1], pos 0-dim long) -> logits [B, vocab].
+
+    `hidden(tokens [B, C], pos)` runs C consecutive positions pos..pos+C-1 at once (the prefill's chunks) and
+    returns the final-norm hidden states [B, C, dim]; `logits(h)` applies the tied head."""
 
     def __init__(self, model: nn.Module, bypass_noncausal: bool = False) -> None:
         super().__init__()
@@ -103,8 +113,17 @@ class StaticDecodeStep(nn.Module):
         return True
 
     def forward(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.hidden(token, pos)[:, -1])
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.model.tok_embed.weight.to(h.dtype))
+
+    def hidden(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, C, dim] of tokens [B, C] at positions pos.. (0-dim long tensor); writes each
+        layer's keys and values, the token ids and the Engram conv inputs into the caches at those positions.
+        A query sees the cache up to its own position, so later positions may hold anything."""
         m = self.model
-        at = pos.view(1)
+        at = pos + torch.arange(token.shape[1], device=token.device)
         rope = (m.rope_cos.index_select(0, at), m.rope_sin.index_select(0, at))
         hash_idx = self._hash_indices(token, at) if m.cfg.engram_layers else None
         streams = expand_streams(m.tok_embed(token), m.cfg.mhc_streams)
@@ -118,25 +137,24 @@ class StaticDecodeStep(nn.Module):
                 streams = block.mhc_attn.apply(streams, attn_out)
             ffn_out = self._ffn(block.ffn, block.norm_ffn(block.mhc_ffn.prepare(streams)), self._fused(f"gate_up{i}"))
             streams = block.mhc_ffn.apply(streams, ffn_out)
-        h = m.norm_final(collapse_streams(streams))
-        return F.linear(h, m.tok_embed.weight.to(h.dtype))[:, -1]
+        return m.norm_final(collapse_streams(streams))
 
     def _hash_indices(self, token: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """Engram table indices [B, 1, n_tables] of the n-grams ending at `token`: its id goes into the model's
-        `id_cache` at `at`, the ids before it are gathered from there (zeros before position 0), as
-        `GPT._hash_indices` does with an int position."""
+        """Engram table indices [B, C, n_tables] of the n-grams ending at each of `token` [B, C]: the ids go into
+        the model's `id_cache` at positions `at` [C], the ids before the first are gathered from there (zeros
+        before position 0), as `GPT._hash_indices` does with an int position."""
         m = self.model
         m.id_cache.index_copy_(1, at, token)
-        history = _before(m.id_cache, at, max(m.cfg.engram_orders) - 1)
+        history = _before(m.id_cache, at[:1], max(m.cfg.engram_orders) - 1)
         return hash_indices(token, history, m.engram_mult, m.engram_order, m.cfg.engram_table_size)
 
     @staticmethod
     def _engram(engram: nn.Module, u: torch.Tensor, indices: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """`Engram.forward(u, indices, start_pos)` at a tensor position: z goes into the conv cache at `at`, the
-        conv reads the K-1 earlier ones from there."""
+        """`Engram.forward(u, indices, start_pos)` at tensor positions `at` [C]: z goes into the conv cache there,
+        the conv reads the K-1 inputs before the first from there."""
         z = engram.gated_values(u, indices)
         engram.conv_cache.index_copy_(1, at, z.to(engram.conv_cache.dtype))
-        past = _before(engram.conv_cache, at, engram.conv_weight.shape[-1] - 1)
+        past = _before(engram.conv_cache, at[:1], engram.conv_weight.shape[-1] - 1)
         return u + causal_depthwise_conv(z, engram.conv_weight, past)
 
     @staticmethod
@@ -149,22 +167,22 @@ class StaticDecodeStep(nn.Module):
     @staticmethod
     def _attention(attn: nn.Module, cache: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                    at: torch.Tensor, qkv: torch.Tensor | None) -> torch.Tensor:
-        b, h, hkv, hd = x.shape[0], attn.n_heads, attn.n_kv_heads, attn.head_dim
+        b, t, h, hkv, hd = x.shape[0], x.shape[1], attn.n_heads, attn.n_kv_heads, attn.head_dim
         if qkv is None:
-            q = apply_rope(attn.wq(x).view(b, 1, h, hd).transpose(1, 2), *rope)
-            k = apply_rope(attn.wk(x).view(b, 1, hkv, hd).transpose(1, 2), *rope)
-            v = attn.wv(x).view(b, 1, hkv, hd).transpose(1, 2)
+            q = apply_rope(attn.wq(x).view(b, t, h, hd).transpose(1, 2), *rope)
+            k = apply_rope(attn.wk(x).view(b, t, hkv, hd).transpose(1, 2), *rope)
+            v = attn.wv(x).view(b, t, hkv, hd).transpose(1, 2)
         else:  # one product, and RoPE over the q and k heads together (one kernel instead of two)
             qk, v = F.linear(x, qkv).split([(h + hkv) * hd, hkv * hd], dim=-1)
-            qk = apply_rope(qk.reshape(b, 1, h + hkv, hd).transpose(1, 2), *rope)
+            qk = apply_rope(qk.reshape(b, t, h + hkv, hd).transpose(1, 2), *rope)
             q, k = qk[:, :h], qk[:, h:]
-            v = v.reshape(b, 1, hkv, hd).transpose(1, 2)
+            v = v.reshape(b, t, hkv, hd).transpose(1, 2)
         cache.k.index_copy_(2, at, k.to(cache.k.dtype))
         cache.v.index_copy_(2, at, v.to(cache.v.dtype))
-        visible = torch.arange(cache.k.shape[2], device=x.device) <= at
+        visible = torch.arange(cache.k.shape[2], device=x.device)[None, :] <= at[:, None]  # [t, max_len]
         out = F.scaled_dot_product_attention(q, cache.k.to(q.dtype), cache.v.to(q.dtype),
-                                             attn_mask=visible.view(1, 1, 1, -1), enable_gqa=True)
-        return attn.wo(out.transpose(1, 2).reshape(b, 1, attn.n_heads * attn.head_dim))
+                                             attn_mask=visible.view(1, 1, t, -1), enable_gqa=True)
+        return attn.wo(out.transpose(1, 2).reshape(b, t, attn.n_heads * attn.head_dim))
 
 
 class FastDecoder:
@@ -190,9 +208,12 @@ class FastDecoder:
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_len: int, *, compile: bool | None = None,
-                 bypass_noncausal: bool = False) -> None:
+                 bypass_noncausal: bool = False, prefill_chunk: int = PREFILL_CHUNK) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk {prefill_chunk}: must be at least 1")
         param = next(model.parameters())
         self.model, self.batch_size, self.max_len = model.eval(), batch_size, max_len
+        self.prefill_chunk = min(prefill_chunk, max_len)
         self.device = param.device
         self.bypass = bypass_noncausal
         self.fallback_reason: str | None = unsupported_reason(model)
@@ -203,6 +224,7 @@ class FastDecoder:
         self.positions = torch.arange(max_len, device=self.device)
         self._static_step = StaticDecodeStep(model, bypass_noncausal) if self.static else None
         self._step = self._static_step
+        self._prefill_step = self._static_step.hidden if self.static else None
         self.compiled = False
         self.cuda_graphs = False
         self._compiled_for: tuple | None = None
@@ -235,28 +257,52 @@ class FastDecoder:
         return len(now) == len(self._caches) and all(a is b for a, b in zip(now, self._caches))
 
     def _prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]
+        """Logits [B, vocab] after `prompt` [B, T0], its positions written into the caches.
+
+        The static path runs the prompt in chunks of `prefill_chunk` positions, each one call of one fixed shape
+        (one compiled graph for every prompt length): chunk i covers positions i*C..i*C+C-1, the last one padded
+        on the right with id 0, or moved back to end at `max_len` when it would run past it (it then writes some
+        positions again, with the same values). Padding writes positions at or after T0, which the loop
+        overwrites before it reads them."""
+        if self._prefill_step is None:
+            return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]
+        b, t0 = prompt.shape
+        c = self.prefill_chunk
+        start = 0
+        while True:
+            s = min(start, self.max_len - c)
+            chunk = torch.zeros(b, c, dtype=torch.long, device=self.device)  # the same shape and strides each call
+            n = min(c, t0 - s)
+            chunk[:, :n] = prompt[:, s:s + n]
+            h = self._prefill_step(chunk, self.positions[s])
+            if s + c >= t0:
+                return self._static_step.logits(h[:, t0 - 1 - s])
+            start = s + c
 
     def _try_compile(self) -> None:
         """Compile the step (CUDA graphs on CUDA) and warm it up; fall back to eager on any error."""
         from torch._dynamo.utils import counters
 
-        eager_step = self._step
+        eager_step, eager_prefill = self._step, self._prefill_step
         skips = counters["inductor"]["cudagraph_skips"]
         try:
             self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
+            self._prefill_step = torch.compile(eager_prefill, mode="reduce-overhead", fullgraph=True)
             with torch.inference_mode():
                 # made in inference mode like the ids `generate_greedy` feeds: a normal tensor has another
                 # dispatch key set, and that guard failure recompiled the step at the first real call (both the
                 # third H200 run and the CPU show it: frames [0/0] then [0/1])
                 warm = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)[:, None]
+                chunk = torch.zeros(self.batch_size, self.prefill_chunk, dtype=torch.long, device=self.device)
+                for p in (0, 1, 2):  # (the positions the warm-up writes hold garbage until a call writes them)
+                    self._prefill_step(chunk, self.positions[p * (self.max_len - self.prefill_chunk) // 2])
                 for p in (2, 3, 4):
                     self._step(warm, self.positions[p])
             self.compiled = True
             self.cuda_graphs = self.device.type == "cuda" and counters["inductor"]["cudagraph_skips"] == skips
             self._compiled_for = self._tensor_signature()
         except Exception as e:  # any compiler/backend failure: decoding must still work
-            self._step = eager_step
+            self._step, self._prefill_step = eager_step, eager_prefill
             self.fallback_reason = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
     def _tensor_signature(self) -> tuple:
@@ -271,6 +317,9 @@ class FastDecoder:
     def generate_greedy(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation of `prompt` [batch_size, T0]; returns the new ids [batch_size, max_new_tokens]."""
         b, t0 = prompt.shape
+        if t0 < 1 or max_new_tokens < 1:
+            raise ValueError(f"need a prompt of at least 1 token and at least 1 new token; got {t0} and "
+                             f"{max_new_tokens}")
         if b != self.batch_size or t0 + max_new_tokens > self.max_len:
             raise ValueError(f"decoder was built for batch {self.batch_size} and {self.max_len} positions; "
                              f"got batch {b}, {t0} + {max_new_tokens} positions")

@@ -261,7 +261,9 @@ def test_cuda_without_a_gpu_is_a_user_error(capsys):
 def test_fastdecode_matches_incremental_forward(recipe, static):
     """The static tensor-position step decodes exactly what GPT.forward(start_pos=...) decodes (fp32, CPU); the
     models it does not support decode through the eager path. A 1-token prompt makes the first steps read Engram
-    history and conv inputs from before position 0 (zeros)."""
+    history and conv inputs from before position 0 (zeros). The prefill runs in chunks of 4 positions: 7 tokens
+    end in a padded chunk, 8 in a full one, and 25 of 27 positions move the last chunk back to end at position
+    27 (it writes 23 again)."""
     from nanoeval.fastdecode import FastDecoder
     from nanotrain.model.gpt import GPT
     from nanotrain.recipes import get_recipe
@@ -272,15 +274,51 @@ def test_fastdecode_matches_incremental_forward(recipe, static):
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     bypass = not model.is_causal
-    decoder = FastDecoder(model, 3, 27, bypass_noncausal=bypass)
+    decoder = FastDecoder(model, 3, 27, bypass_noncausal=bypass, prefill_chunk=4)
     assert decoder.static is static and decoder.compiled is False
     assert (decoder.fallback_reason is None) is static
-    for prompt_len in (7, 1):
+    for prompt_len, new in ((7, 20), (1, 20), (8, 19), (25, 2)):
         prompt = torch.randint(2, 300, (3, prompt_len))
-        got = decoder.generate_greedy(prompt, 20)
-        assert torch.equal(got, incremental_greedy(model, prompt, 20, 27, bypass)), prompt_len
+        got = decoder.generate_greedy(prompt, new)
+        assert torch.equal(got, incremental_greedy(model, prompt, new, 27, bypass)), prompt_len
     with pytest.raises(ValueError, match="built for batch 3"):
         decoder.generate_greedy(prompt[:2], 4)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        decoder.generate_greedy(prompt[:, :0], 4)
+
+
+@pytest.mark.parametrize("recipe", ["baseline-v1", "engram-v1"])
+def test_chunked_prefill_writes_the_caches_gpt_forward_writes(recipe):
+    """The static prefill (chunks of 4 positions here) leaves the same logits and, at every prompt position, the same
+    keys, values, token ids and Engram conv inputs in the caches as one GPT.forward(start_pos=0) over the prompt.
+    Engram's tables are scaled up so that its conv reads matter to the numbers compared."""
+    from nanoeval.fastdecode import FastDecoder
+    from nanotrain.model.gpt import GPT
+    from nanotrain.recipes import get_recipe
+
+    cfg, _ = get_recipe(recipe).build("tiny")
+    cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size = 32, 4, 2, 64, 300
+    cfg.engram_table_size = 61
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".tables." in name:
+                p.mul_(50.0)
+    decoder = FastDecoder(model, 2, 27, prefill_chunk=4)
+    for t0 in (1, 7, 8, 25):
+        prompt = torch.randint(2, 300, (2, t0))
+        with torch.inference_mode():
+            got = decoder._prefill(prompt)
+            cached = [buf[:, :t0].clone() if buf.dim() < 4 else buf[:, :, :t0].clone() for buf in decoder._caches]
+            model.setup_cache(2, 27)
+            want = model(prompt, start_pos=0).logits[:, -1]
+            expect = [buf[:, :t0] if buf.dim() < 4 else buf[:, :, :t0] for buf in decoder._decode_buffers()]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"logits, prompt of {t0}")
+        assert len(cached) == len(expect) and len(cached) >= 2 * cfg.n_layers
+        for a, b in zip(cached, expect):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"cache, prompt of {t0}")
+        decoder._setup_caches()  # the decoder's own caches again (setup_cache above replaced them)
 
 
 def incremental_greedy(model, prompt, new_tokens: int, max_len: int, bypass: bool = False):
@@ -346,7 +384,7 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     model = GPT(cfg).eval()
     prompt = torch.randint(2, 300, (2, 5))
     eager = FastDecoder(model, 2, 20, compile=False).generate_greedy(prompt, 12)
-    decoder = FastDecoder(model, 2, 20, compile=True)
+    decoder = FastDecoder(model, 2, 20, compile=True, prefill_chunk=4)  # prefill: one full chunk, one padded
     assert decoder.compiled and decoder.fallback_reason is None and decoder.cuda_graphs is False
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert torch.equal(decoder.generate_greedy(prompt, 12), eager)
