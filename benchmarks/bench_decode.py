@@ -4,7 +4,8 @@ Variants (greedy decoding of the same prompt, same shapes, random weights, timed
 - `sampler-kv`: `nanoeval.sample.generate` with the model's static KV cache (what `nanoeval generate` runs);
 - `sampler-recompute`: the same sampler re-running the whole prefix for every token (the seed's way);
 - `reference-kv`: benchmarks/reference.py's plain GPT in a bare greedy loop with its own KV cache;
-- `fastdecode` (CUDA only): nanoeval.fastdecode's compiled one-token step and prefill chunk, with CUDA graphs.
+- `fastdecode` (CUDA only): nanoeval.fastdecode's compiled one-token step and prefill chunk, with CUDA graphs;
+  `fastdecode-sample`: the same decoder drawing with temperature 0.7 and top-k 40 on the device (Gumbel-max).
 
 Where the recipe's context is shorter than prompt + new tokens (tiny: 256), the RoPE table/cache length is
 extended to fit (recorded as `context`; no weight changes shape). The weights are random, so the `<eos>` embedding
@@ -127,21 +128,34 @@ def reference_variant(model_cfg, prompt_ids: list[int], batch: int, new_tokens: 
     return common.Variant("reference-kv", build)
 
 
-def fast_variant(model, prompt_ids: list[int], batch: int, new_tokens: int, device) -> common.Variant:
+SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.7, 40  # nanoeval's sampling defaults
+
+
+def fast_variant(model, prompt_ids: list[int], batch: int, new_tokens: int, device, shared: dict,
+                 sample: bool = False) -> common.Variant:
+    """`fastdecode` (greedy) or `fastdecode-sample` (temperature 0.7, top-k 40, on the device); both use one
+    decoder per batch size (`shared`), so the second compiles nothing."""
     def build():
         import torch
 
         from nanoeval.fastdecode import FastDecoder
 
         prompt = torch.tensor([prompt_ids] * batch, device=device)
-        decoder = FastDecoder(model, batch_size=batch, max_len=len(prompt_ids) + new_tokens,
-                              bypass_noncausal=not model.is_causal)
+        if batch not in shared:
+            shared[batch] = FastDecoder(model, batch_size=batch, max_len=len(prompt_ids) + new_tokens,
+                                        bypass_noncausal=not model.is_causal)
+        decoder = shared[batch]
+        generator = torch.Generator(device=device).manual_seed(0)
 
         def run():
+            if sample:
+                return decoder.generate(prompt, new_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
+                                        generator=generator)
             return decoder.generate_greedy(prompt, new_tokens)
         return run, {"batch": batch, "compiled": decoder.compiled, "cuda_graphs": decoder.cuda_graphs,
-                     "fallback_reason": decoder.fallback_reason}
-    return common.Variant("fastdecode", build)
+                     "fallback_reason": decoder.fallback_reason,
+                     "sampling": {"temperature": SAMPLE_TEMPERATURE, "top_k": SAMPLE_TOP_K} if sample else None}
+    return common.Variant("fastdecode-sample" if sample else "fastdecode", build)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": len(prompt_ids), "repeats": args.repeats, "warmup": args.warmup,
                 "dtype": args.dtype, "vocab_size": model_cfg.vocab_size, "recipe_context": recipe_context,
                 "context": model_cfg.max_seq_len, "overrides": args.set, "seed": args.seed,
-                "decoding": "greedy"}
+                "decoding": "greedy (fastdecode-sample: temperature 0.7, top-k 40)"}
     result = common.run_header(device, settings, "nanolab.bench_decode/1")
     rows: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
@@ -195,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(reference_variant(model_cfg, prompt_ids, batch, args.new_tokens, device, dtype,
                                           args.seed))
         if (cuda and not args.no_compile) or args.fastdecode:
-            variants.append(fast_variant(model, prompt_ids, batch, args.new_tokens, device))
+            shared: dict = {}
+            variants.append(fast_variant(model, prompt_ids, batch, args.new_tokens, device, shared))
+            variants.append(fast_variant(model, prompt_ids, batch, args.new_tokens, device, shared, sample=True))
         measured = common.measure(variants, device, args.warmup, args.repeats, f"decode B={batch}")
         by_name: dict[str, dict[str, float]] = {}
         for m in measured:
@@ -212,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             if kv is None:
                 continue
             for other, value in by_name.items():
-                if other == "fastdecode":
-                    out_ratios[f"B{batch}:fastdecode/sampler-kv"] = round(value[key] / kv, 3)
+                if other.startswith("fastdecode"):
+                    out_ratios[f"B{batch}:{other}/sampler-kv"] = round(value[key] / kv, 3)
                 elif other != "sampler-kv":
                     out_ratios[f"B{batch}:sampler-kv/{other}"] = round(kv / value[key], 3)
     result["results"] = rows
@@ -225,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(out, result)
     dev = result["device"]
     print(f"device: {dev['name']} ({dev['type']}), torch {result['torch']}, {args.recipe} {args.scale}, "
-          f"{args.dtype} weights, greedy, {len(prompt_ids)}-token prompt + {args.new_tokens} new, "
-          f"median of {args.repeats}")
+          f"{args.dtype} weights, greedy (fastdecode-sample: T=0.7, top-k 40), {len(prompt_ids)}-token prompt + "
+          f"{args.new_tokens} new, median of {args.repeats}")
     print(common.format_table(rows, [("name", "variant"), ("batch", "batch"), ("run_ms", "ms/run"),
                                      ("tok_per_s", "tok/s"), ("cpu_run_ms", "CPU-time ms"),
                                      ("peak_mem_gib", "peak GiB")]))

@@ -1,4 +1,8 @@
-"""A fast greedy decoder: a one-token decode step with a fixed shape, compiled with CUDA graphs (gpt-fast style).
+"""A fast decoder: a one-token decode step with a fixed shape, compiled with CUDA graphs (gpt-fast style).
+
+Greedy (`generate_greedy`) or sampled (`generate(temperature=, top_k=)`): the draw is made on the device by the
+Gumbel-max trick (`pick_tokens`), so the loop never waits for the host, unlike `nanoeval.sample`, which reads every
+token back for stop strings and streaming.
 
 `GPT.forward(start_pos=p)` takes the position as a Python int and slices its KV cache to `p+1` keys, so every
 step has a new shape: torch.compile would recompile (or re-record a CUDA graph) per position. The step here
@@ -32,6 +36,8 @@ fails, and says why in `fallback_reason`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -186,7 +192,8 @@ class StaticDecodeStep(nn.Module):
 
 
 class FastDecoder:
-    """Greedy decoding for a fixed batch size and length, compiled on CUDA, eager elsewhere or on failure.
+    """Decoding (greedy or sampled) for a fixed batch size and length, compiled on CUDA, eager elsewhere or on
+    failure.
 
     `compile=None` compiles on CUDA only. After construction `compiled` says which path runs,
     `fallback_reason` why the static/compiled path is not used (None when it is), and `cuda_graphs` whether the
@@ -313,9 +320,18 @@ class FastDecoder:
         """Whether the next `generate_greedy` runs the compiled step without Dynamo's guards (see the class doc)."""
         return self.compiled and self._compiled_for == self._tensor_signature()
 
-    @torch.inference_mode()
     def generate_greedy(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation of `prompt` [batch_size, T0]; returns the new ids [batch_size, max_new_tokens]."""
+        return self.generate(prompt, max_new_tokens)
+
+    @torch.inference_mode()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continuation of `prompt` [batch_size, T0]; returns the new ids [batch_size, max_new_tokens].
+
+        temperature 0 is greedy; above 0 each row draws from softmax(logits / temperature), restricted to its
+        top_k logits when top_k > 0 (`pick_tokens`: on the device, no host sync), with `generator`'s random
+        numbers (the default generator when None)."""
         b, t0 = prompt.shape
         if t0 < 1 or max_new_tokens < 1:
             raise ValueError(f"need a prompt of at least 1 token and at least 1 new token; got {t0} and "
@@ -323,6 +339,18 @@ class FastDecoder:
         if b != self.batch_size or t0 + max_new_tokens > self.max_len:
             raise ValueError(f"decoder was built for batch {self.batch_size} and {self.max_len} positions; "
                              f"got batch {b}, {t0} + {max_new_tokens} positions")
+        if temperature < 0 or top_k < 0:
+            raise ValueError(f"temperature {temperature} and top_k {top_k}: both must be >= 0")
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return pick_tokens(logits, temperature, top_k, generator)
+
+        rng_state, rng = None, generator
+        if temperature > 0 and top_k != 1:  # sampling: keep the generator's state for a decode that starts over
+            if rng is None:
+                rng = (torch.cuda.default_generators[self.device.index or torch.cuda.current_device()]
+                       if self.device.type == "cuda" else torch.default_generator)
+            rng_state = rng.get_state()
         fresh_caches = not self._caches_intact()
         if fresh_caches:
             with torch.inference_mode(False):  # normal tensors, like the caches the warm-up compiled for
@@ -332,23 +360,46 @@ class FastDecoder:
         if self.skips_guards() and not fresh_caches:
             try:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return self._decode(prompt, max_new_tokens)
+                    return self._decode(prompt, max_new_tokens, pick)
             except RuntimeError as e:  # Dynamo wanted to compile again after all: decode again, guarded from now on
                 if "skip_guard_eval_unsafe" not in str(e):
                     raise
                 self._compiled_for = None
-        return self._decode(prompt, max_new_tokens)
+                if rng_state is not None:  # the same draws as an uninterrupted call
+                    rng.set_state(rng_state)
+        return self._decode(prompt, max_new_tokens, pick)
 
-    def _decode(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Prefill, then the greedy loop (every cache position the loop reads is written first by this call)."""
+    def _decode(self, prompt: torch.Tensor, max_new_tokens: int,
+                pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Prefill, then the decode loop (every cache position the loop reads is written first by this call)."""
         t0 = prompt.shape[1]
-        token = self._prefill(prompt).argmax(-1)
+        token = pick(self._prefill(prompt))
         out = [token]
         for i in range(max_new_tokens - 1):
             if self.static:
                 logits = self._step(token[:, None], self.positions[t0 + i])
             else:
                 logits = self.model(token[:, None], start_pos=t0 + i, bypass_noncausal=self.bypass).logits[:, -1]
-            token = logits.argmax(-1)
+            token = pick(logits)
             out.append(token)
         return torch.stack(out, dim=1)
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits` [B, V]: the argmax when temperature is 0 (or top_k is 1), else a draw from
+    softmax(logits / temperature) over the row's top_k logits (all when top_k is 0).
+
+    The draw is the Gumbel-max trick, argmax(x - log(-log(u))) with u uniform in [0, 1): pointwise ops, a top-k and
+    an argmax, all on the device, so the decode loop never waits for the host (`torch.multinomial` and the
+    sampler's per-token `.tolist()` read back). Same distribution, different random numbers from
+    `nanoeval.sample`'s, so the two do not give the same text for a seed."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(-1)
+    x = logits.float() / temperature
+    index = None
+    if 0 < top_k < x.shape[-1]:
+        x, index = x.topk(top_k, dim=-1)
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    choice = (x - torch.log(-torch.log(u))).argmax(-1)
+    return choice if index is None else index.gather(-1, choice[:, None]).squeeze(-1)

@@ -221,14 +221,17 @@ def test_bench_decode_micro_writes_valid_json(tmp_path):
     assert result["schema"] == "nanolab.bench_decode/1"
     names = [(r["name"], r["batch"]) for r in result["results"]]
     assert names == [("sampler-kv", 1), ("sampler-recompute", 1), ("reference-kv", 1), ("fastdecode", 1),
-                     ("sampler-kv", 2), ("reference-kv", 2), ("fastdecode", 2)]
+                     ("fastdecode-sample", 1), ("sampler-kv", 2), ("reference-kv", 2), ("fastdecode", 2),
+                     ("fastdecode-sample", 2)]
     assert all(r["tok_per_s"] > 0 for r in result["results"])
-    fast = [r for r in result["results"] if r["name"] == "fastdecode"]
+    fast = [r for r in result["results"] if r["name"].startswith("fastdecode")]
     assert all(r["compiled"] is False and r["cuda_graphs"] is False and r["fallback_reason"] is None for r in fast)
+    assert [r["sampling"] for r in fast] == [None, {"temperature": 0.7, "top_k": 40}] * 2
     assert result["settings"]["context"] >= result["settings"]["prompt_tokens"] + 6
     assert set(result["ratios"]) == {"B1:sampler-kv/sampler-recompute", "B1:sampler-kv/reference-kv",
-                                     "B1:fastdecode/sampler-kv", "B2:sampler-kv/reference-kv",
-                                     "B2:fastdecode/sampler-kv"}
+                                     "B1:fastdecode/sampler-kv", "B1:fastdecode-sample/sampler-kv",
+                                     "B2:sampler-kv/reference-kv", "B2:fastdecode/sampler-kv",
+                                     "B2:fastdecode-sample/sampler-kv"}
 
 
 @pytest.mark.parametrize("script, args, message", [
@@ -319,6 +322,57 @@ def test_chunked_prefill_writes_the_caches_gpt_forward_writes(recipe):
         for a, b in zip(cached, expect):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"cache, prompt of {t0}")
         decoder._setup_caches()  # the decoder's own caches again (setup_cache above replaced them)
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.7, 0), (1.3, 3)])
+def test_pick_tokens_draws_from_the_tempered_top_k_softmax(temperature, top_k):
+    """20,000 rows of the same logits, one draw each: the frequencies match softmax(logits / T) over the top-k
+    logits (the rest never drawn) to within 0.015, ~4 standard deviations; temperature 0 and top-k 1 pick the
+    argmax."""
+    from nanoeval.fastdecode import pick_tokens
+
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.5, 0.0, -3.0]]).expand(20_000, -1)
+    keep = logits[0].topk(top_k).indices if top_k else torch.arange(6)
+    want = torch.zeros(6)
+    want[keep] = torch.softmax(logits[0, keep] / temperature, dim=0)
+    got = pick_tokens(logits, temperature, top_k, torch.Generator().manual_seed(0))
+    freq = torch.bincount(got, minlength=6).float() / got.numel()
+    assert (freq - want).abs().max() < 0.015, (freq, want)
+    assert freq[[i for i in range(6) if i not in keep.tolist()]].sum() == 0
+    assert torch.equal(pick_tokens(logits, 0.0, top_k), torch.zeros(20_000, dtype=torch.long))
+    assert torch.equal(pick_tokens(logits, temperature, 1), torch.zeros(20_000, dtype=torch.long))
+
+
+def test_fastdecode_samples_what_the_incremental_forward_samples():
+    """Sampling (temperature, top-k, a seeded generator) through the static step draws the same tokens as the same
+    draws over GPT.forward(start_pos=...); the same seed repeats them, another seed does not."""
+    from nanoeval.fastdecode import FastDecoder, pick_tokens
+    from nanotrain.model.gpt import GPT
+    from nanotrain.recipes import get_recipe
+
+    cfg, _ = get_recipe("engram-v1").build("tiny")
+    cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len, cfg.vocab_size = 32, 4, 2, 64, 300
+    cfg.engram_table_size = 61
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    decoder = FastDecoder(model, 3, 30, prefill_chunk=4)
+    prompt = torch.randint(2, 300, (3, 6))
+    got = decoder.generate(prompt, 20, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    model.setup_cache(3, 30)
+    with torch.inference_mode():
+        token = pick_tokens(model(prompt, start_pos=0).logits[:, -1], 0.9, 20, g)
+        want = [token]
+        for i in range(19):
+            token = pick_tokens(model(token[:, None], start_pos=6 + i).logits[:, -1], 0.9, 20, g)
+            want.append(token)
+    assert torch.equal(got, torch.stack(want, 1))
+    again = decoder.generate(prompt, 20, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(5))
+    other = decoder.generate(prompt, 20, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(again, got) and not torch.equal(other, got)
+    assert not torch.equal(got, decoder.generate_greedy(prompt, 20))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        decoder.generate(prompt, 4, temperature=-1.0)
 
 
 def incremental_greedy(model, prompt, new_tokens: int, max_len: int, bypass: bool = False):
@@ -420,6 +474,15 @@ def test_compiled_fastdecode_decodes_what_the_eager_step_does(recipe):
     decoder._step = refuses_once
     assert decoder.skips_guards() and torch.equal(decoder.generate_greedy(prompt, 12), swapped)
     assert refuses_once.raised and not decoder.skips_guards()
+    # sampling: the compiled step draws what the eager one draws, and a decode that starts over after such a
+    # refusal draws the same numbers again (the generator's state is put back)
+    sampled = FastDecoder(copy, 2, 20, compile=False).generate(prompt, 12, temperature=1.0, top_k=8,
+                                                               generator=torch.Generator().manual_seed(3))
+    decoder._compiled_for = decoder._tensor_signature()
+    refuses_once.raised = False
+    assert torch.equal(decoder.generate(prompt, 12, temperature=1.0, top_k=8,
+                                        generator=torch.Generator().manual_seed(3)), sampled)
+    assert refuses_once.raised
     decoder._step, decoder._compiled_for = step, decoder._tensor_signature()
     # a dtype change is what the guards are for: they stay on, and the step is compiled again for it
     model.norm_final.weight.data = model.norm_final.weight.data.double()
