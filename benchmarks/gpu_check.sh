@@ -16,7 +16,8 @@
 #   decode 4. decode at 256 new tokens, batch 1 and 64: sampler with KV cache, reference loop, and
 #             nanoeval.fastdecode's compiled decode step and prefill chunk with CUDA graphs: 1,040 and 55.8k tok/s
 #             in the fourth run (both targets met), with the eager prefill and Dynamo's guards on every token;
-#             both are gone since (seventh and eighth sessions), untimed
+#             both are gone since (seventh and eighth sessions), untimed. `fastdecode-sample` draws with
+#             temperature 0.7 and top-k 40 on the device (eighth session, untimed)
 #          5. decode of engram-v1 (the front-door model) at batch 1: 974 tok/s in the fifth run (eager prefill)
 #   run    6. check_run_graphs.py: a real `nanotrain run engram-v1` at full scale, 120 steps with --compile
 #             --no-cuda-graphs and with --cuda-graphs from the same seed, then the graphs run resumed for 20 steps:
