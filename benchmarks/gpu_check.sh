@@ -87,7 +87,7 @@ fi
 if [[ $PART == decode || $PART == all ]]; then
   # TORCH_LOGS: Inductor's reason if it skips a CUDA graph, and Dynamo's for any recompile (one frame per batch
   # size and per function, step and prefill chunk, is expected)
-  TORCH_LOGS=cudagraphs,recompiles step decode 300 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
+  TORCH_LOGS=cudagraphs,recompiles step decode 330 bench_decode.py --device cuda --scale full --batch-sizes 1,64 \
     --repeats 3 --warmup 1 --no-recompute
   step decode_engram 170 bench_decode.py --device cuda --scale full --recipe engram-v1 --batch-sizes 1 \
     --repeats 3 --warmup 1 --no-recompute
