@@ -168,7 +168,8 @@ def _auto_compile(args: argparse.Namespace, train_cfg: Any, device_type: str, st
 GRAPHS_AUTO_MAX_BATCH = 4
 
 
-def _auto_cuda_graphs(args: argparse.Namespace, train_cfg: Any, device_type: str, world_size: int) -> tuple[bool, str | None]:
+def _auto_cuda_graphs(args: argparse.Namespace, train_cfg: Any, device_type: str,
+                      world_size: int) -> tuple[bool, str | None]:
     """Whether to record CUDA graphs, and a line saying why when the default (neither flag) turned them on.
 
     Auto = on for a compiled run in one CUDA process at batch <= GRAPHS_AUTO_MAX_BATCH, where the compiled step

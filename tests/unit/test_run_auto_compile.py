@@ -88,7 +88,8 @@ def test_auto_cuda_graphs_rule(kw, on, said):
 
 
 @pytest.mark.parametrize("argv, value", [
-    ([], None), (["--cuda-graphs"], True), (["--no-cuda-graphs"], False), (["--cuda-graphs", "--no-cuda-graphs"], False),
+    ([], None), (["--cuda-graphs"], True), (["--no-cuda-graphs"], False),
+    (["--cuda-graphs", "--no-cuda-graphs"], False),
 ])
 def test_cuda_graphs_flags_parse_to_auto_on_off(argv, value):
     from nanotrain.cli import build_parser
