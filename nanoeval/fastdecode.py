@@ -269,7 +269,7 @@ class FastDecoder:
         The static path runs the prompt in chunks of `prefill_chunk` positions, each one call of one fixed shape
         (one compiled graph for every prompt length): chunk i covers positions i*C..i*C+C-1, the last one padded
         on the right with id 0, or moved back to end at `max_len` when it would run past it (it then writes some
-        positions again, with the same values). Padding writes positions at or after T0, which the loop
+        positions again, with the same values up to rounding). Padding writes positions at or after T0, which the loop
         overwrites before it reads them."""
         if self._prefill_step is None:
             return self.model(prompt, start_pos=0, bypass_noncausal=self.bypass).logits[:, -1]
@@ -391,9 +391,9 @@ def pick_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     softmax(logits / temperature) over the row's top_k logits (all when top_k is 0).
 
     The draw is the Gumbel-max trick, argmax(x - log(-log(u))) with u uniform in [0, 1): pointwise ops, a top-k and
-    an argmax, all on the device, so the decode loop never waits for the host (`torch.multinomial` and the
-    sampler's per-token `.tolist()` read back). Same distribution, different random numbers from
-    `nanoeval.sample`'s, so the two do not give the same text for a seed."""
+    an argmax, all on the device, so the decode loop never waits for the host (`nanoeval.sample` reads every
+    token back with `.tolist()`). Same distribution, other random numbers than `nanoeval.sample`'s
+    `torch.multinomial`, so the two do not give the same text for a seed."""
     if temperature == 0 or top_k == 1:
         return logits.argmax(-1)
     x = logits.float() / temperature
