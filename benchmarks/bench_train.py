@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile mode of the reference variants when it should differ from --compile-mode, e.g. "
                         "ours with CUDA graphs (nanotrain run's default at small batch) against the reference "
                         "compiled without them (the yardstick of the targets)")
+    p.add_argument("--compile-regional", action="store_true",
+                   help="compile each of our transformer blocks on its own instead of the whole model (implies "
+                        "--compile; with --compile-mode, that mode): one graph per block kind, so far less compile "
+                        "time; the reference is still compiled whole")
     p.add_argument("--fwd-bwd-only", action="store_true",
                    help="time forward + loss + backward only (no clip, no optimiser step): the model's own "
                         "throughput, without the optimiser update")
@@ -128,7 +132,7 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
         set_mhc_form(model, mhc_form)
         model.train()
         opts = build_optimizers(model, train_cfg)
-        fwd = compile_fn(model, args)
+        fwd = compile_regions(model, args) if args.compile_regional else compile_fn(model, args)
         x, y = random_batch(model_cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
         from nanotrain.train import objective
 
@@ -147,6 +151,21 @@ def compile_fn(fn, args):
     if not args.compile:
         return fn
     return torch.compile(fn) if args.compile_mode in (None, "default") else torch.compile(fn, mode=args.compile_mode)
+
+
+def compile_regions(model, args):
+    """Regional compilation: each transformer block compiled on its own (`nn.Module.compile`), the rest eager. The
+    blocks share their code, so Dynamo and Inductor build one graph (per block kind) instead of the whole unrolled
+    model: on the CPU, 20 layers of engram-v1 compiled in 26 s against 144 s, at +3% step time (eighth session).
+    Returns the model, to be called as is."""
+    from nanotrain.errors import UserError
+
+    if not hasattr(model, "blocks"):
+        raise UserError("--compile-regional: this model has no `blocks` list (LoopLM recipes)")
+    mode = None if args.compile_mode in (None, "default") else args.compile_mode
+    for block in model.blocks:
+        block.compile(mode=mode)
+    return model
 
 
 def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_only: bool = False,
@@ -241,7 +260,8 @@ def resolve_settings(args) -> None:
 
     cuda = args.device == "cuda"
     args.scale = args.scale or ("full" if cuda else "tiny")
-    args.compile = args.compile or args.compile_mode is not None or args.reference_compile_mode is not None
+    args.compile = (args.compile or args.compile_mode is not None or args.reference_compile_mode is not None
+                    or args.compile_regional)
     args.steps = args.steps if args.steps is not None else (20 if cuda else 8)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     first = args.recipes[0] if args.recipes else args.recipe
@@ -292,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
             variants = [v for v in variants if v.name in wanted]
     settings = {k: getattr(args, k) for k in ("recipe", "scale", "batch_size", "seq_len", "steps", "warmup",
-                                              "compile", "compile_mode", "reference_compile_mode",
+                                              "compile", "compile_mode", "reference_compile_mode", "compile_regional",
                                               "fwd_bwd_only", "dtype", "seed")}
     settings["recipes"] = args.recipes
     settings["mhc_forms"] = forms
@@ -316,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {result['torch']}, {args.scale} scale, B={args.batch_size} T={args.seq_len}, {args.dtype}"
           f"{', compiled' if args.compile else ''}{' (%s)' % args.compile_mode if args.compile_mode else ''}"
           f"{', reference (%s)' % args.reference_compile_mode if args.reference_compile_mode else ''}"
+          f"{', ours compiled per block' if args.compile_regional else ''}"
           f"{', forward+backward only' if args.fwd_bwd_only else ''}, median of {args.steps} steps")
     print(common.format_table(rows, [("name", "variant"), ("params", "params"), ("step_ms", "step ms"),
                                      ("tok_per_s", "tok/s"), ("cpu_step_ms", "CPU-time ms"), ("mfu", "MFU"),

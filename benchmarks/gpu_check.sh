@@ -37,6 +37,9 @@
 #         11. recipes at B=16, eager (the ratio targets)
 #         12. profile_step.py at B=16, compiled: per-phase split and top kernels of our step (MHC_FORM=plain
 #             in the environment profiles that form instead of the default)
+#         13. our B=2 step with graphs, compiled per block (`--compile-regional`): its `build_s` and step time
+#             against step 1's. On the CPU (20 layers) it built in 52-61 s against 163-165 s, at 9-15% more
+#             step time; if the GPU step holds, it would cut each run's ~90 s of compiling
 # JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/.
 # Each step has its own time limit, so one hang cannot eat the budget; a failed step is logged and the rest run.
 # Limits are sized from the H200 runs of 2026-11-26/27: with a cold compile cache, building our full-scale step takes
@@ -109,5 +112,7 @@ if [[ $PART == extra || $PART == all ]]; then
     --recipes baseline-v1,engram-v1,haar-v5 --steps 8 --warmup 2
   step profile_b16 120 profile_step.py --device cuda --scale full --batch-size 16 --compile --no-reference \
     --mhc-form "${MHC_FORM:-auto}"
+  step train_b2_regional 150 bench_train.py --device cuda --scale full --batch-size 2 --seq-len 1024 \
+    --compile-mode reduce-overhead --compile-regional --only nanotrain --steps 30 --warmup 3
 fi
 echo "=== done ($(date -u +%T))" | tee -a "$LOG"
