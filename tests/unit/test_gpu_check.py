@@ -28,9 +28,11 @@ print("parsed", script, flush=True)
 '''
 
 
-def run_gpu_check(tmp_path: Path, *argv: str, only: str | None = None) -> tuple[subprocess.CompletedProcess, str]:
+def run_gpu_check(tmp_path: Path, *argv: str, only: str | None = None,
+                  root: Path = ROOT) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `root`'s benchmarks/gpu_check.sh with the parse-only stand-in as PY; (process, its log)."""
     checker = tmp_path / "parse_only.py"
-    checker.write_text(PARSE_ONLY.format(bench=str(ROOT / "benchmarks"), root=str(ROOT)))
+    checker.write_text(PARSE_ONLY.format(bench=str(root / "benchmarks"), root=str(root)))
     py = tmp_path / "py"
     py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{checker}" "$@"\n')
     py.chmod(0o755)
@@ -38,7 +40,7 @@ def run_gpu_check(tmp_path: Path, *argv: str, only: str | None = None) -> tuple[
     env.pop("ONLY", None)
     if only is not None:
         env["ONLY"] = only
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *argv], env=env, text=True,
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), *argv], env=env, text=True,
                           capture_output=True, timeout=300)
     log = tmp_path / "out" / f"gpu_check_{argv[0] if argv else 'all'}.log"
     return proc, log.read_text() if log.exists() else ""
@@ -77,13 +79,5 @@ def test_the_stand_in_fails_on_a_flag_the_script_lacks(tmp_path):
     (copy / "gpu_check.sh").write_text(broken)
     (tmp_path / "nanotrain").symlink_to(ROOT / "nanotrain")
     (tmp_path / "nanoeval").symlink_to(ROOT / "nanoeval")
-    checker = tmp_path / "parse_only.py"
-    checker.write_text(PARSE_ONLY.format(bench=str(copy), root=str(tmp_path)))
-    py = tmp_path / "py"
-    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{checker}" "$@"\n')
-    py.chmod(0o755)
-    env = {**os.environ, "PY": str(py), "OUT": str(tmp_path / "out"), "ONLY": "train_b16"}
-    proc = subprocess.run(["bash", str(copy / "gpu_check.sh"), "core"], env=env, text=True, capture_output=True,
-                          timeout=300)
-    log = (tmp_path / "out" / "gpu_check_core.log").read_text()
+    proc, log = run_gpu_check(tmp_path, "core", only="train_b16", root=tmp_path)
     assert proc.returncode == 0 and "FAILED: train_b16" in log
