@@ -66,6 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def batch_list(spec: str) -> list[int]:
+    """--batch-sizes as integers, each at least 1 (UserError otherwise)."""
+    from nanotrain.errors import UserError
+
+    try:
+        batches = [int(b) for b in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--batch-sizes {spec}: expected a comma list of integers") from None
+    if min(batches) < 1:
+        raise UserError(f"--batch-sizes {spec}: must be at least 1")
+    return batches
+
+
+def check_flags(args) -> None:
+    """The checks of flags that need neither torch nor a device. main runs them first;
+    tests/unit/test_gpu_check.py runs them on every step of the GPU set, on the CPU."""
+    if args.batch_sizes:
+        batch_list(args.batch_sizes)
+
+
 def build_tokenizer(path: Path | None, vocab_size: int):
     """The given tokenizer, or a byte-level BPE trained on nanotrain's and nanoeval's Python sources."""
     from nanotrain.data.tokenizer import load_tokenizer, train_tokenizer
@@ -165,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanotrain.errors import UserError
     from nanotrain.recipes import get_recipe
 
+    check_flags(args)
     device = common.resolve_device(args.device)
     common.set_threads(args.threads)
     cuda = device.type == "cuda"
@@ -172,12 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     args.repeats = args.repeats if args.repeats is not None else (5 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if cuda else 0)
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
-    try:
-        batches = [int(b) for b in (args.batch_sizes or ("1,64" if cuda else "1,8")).split(",")]
-    except ValueError:
-        raise UserError(f"--batch-sizes {args.batch_sizes}: expected a comma list of integers") from None
+    batches = batch_list(args.batch_sizes or ("1,64" if cuda else "1,8"))
     for flag, value, low in (("--new-tokens", args.new_tokens, 1), ("--repeats", args.repeats, 1),
-                             ("--warmup", args.warmup, 0), ("--batch-sizes", min(batches), 1)):
+                             ("--warmup", args.warmup, 0)):
         if value < low:
             raise UserError(f"{flag} {value}: must be at least {low}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]

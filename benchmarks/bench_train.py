@@ -93,6 +93,24 @@ def recipe_list(spec: str) -> list[str]:
     return names
 
 
+def check_flags(args) -> None:
+    """The checks of flags that need neither torch nor a device (UserError names the flag). main runs them first;
+    tests/unit/test_gpu_check.py runs them on every step of the GPU set, on the CPU."""
+    from nanotrain.errors import UserError
+
+    if args.recipes:
+        try:
+            recipe_list(args.recipes)
+        except UserError as e:
+            raise UserError(f"--recipes {args.recipes}: {e}") from None
+    if args.only:
+        forms = [f for f in args.mhc_forms.split(",") if f and f != "auto"]
+        known = {"nanotrain", "reference-adamw", "reference-muon", *(f"nanotrain[{f}]" for f in forms)}
+        unknown = set(args.only.split(",")) - known
+        if unknown:
+            raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
+
+
 def build_model_cfg(recipe: str, scale: str, overrides: list[str]):
     from nanotrain.recipes import get_recipe
 
@@ -280,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nanotrain.errors import UserError
 
+    check_flags(args)
     device = common.resolve_device(args.device)
     common.set_threads(args.threads)
     malloc_tuned = common.training_process_setup(device)
@@ -307,9 +326,6 @@ def main(argv: list[str] | None = None) -> int:
                     reference_variant(args.recipe, args.scale, args.set, args, device, "muon")]
         if args.only:
             wanted = set(args.only.split(","))
-            unknown = wanted - {v.name for v in variants}
-            if unknown:
-                raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
             variants = [v for v in variants if v.name in wanted]
     settings = {k: getattr(args, k) for k in ("recipe", "scale", "batch_size", "seq_len", "steps", "warmup",
                                               "compile", "compile_mode", "reference_compile_mode", "compile_regional",
