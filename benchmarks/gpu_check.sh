@@ -12,21 +12,21 @@
 # out over the host's cores). Then it times the steps one after the other on an idle GPU, each building from the
 # warm cache. Only the timed phase's numbers are reported; the prewarm's own output goes to a scratch folder.
 #
-#   targets  every target of the performance issue, in one call (on the CPU of this repo's machines it cannot be
-#            timed; sized from the H200 runs at ~8 minutes: prewarm ~3-4, timed steps ~4-5):
-#     train_b2          B=2 T=1024: ours with CUDA graphs (as `nanotrain run` trains there by default; the optimiser
-#                       step stays eager) against the reference with batched Muon compiled without graphs (the
-#                       target's yardstick): 33.35 ms against 55.0 in the fourth run (1.65x); ours 32.9 in the fifth.
-#                       `cudagraph_skips` in the JSON counts graphs Inductor compiled without a CUDA graph
-#     fwdbwd_b2_graphs  forward+backward only at B=2 with CUDA graphs, ours against the reference (166k against 188k
-#                       tok/s in the fifth run; target 150k). Ours is train_b2's graph, so it warms there
-#     recipes_b2_graphs baseline-v1, engram-v1 and haar-v5 at B=2 with graphs in one process: the ratio targets, and
-#                       per-run step times for the four original runs (20.5 minutes of steps in the fifth run)
+#   targets  every target of the performance issue, in one call; not yet run on a GPU, sized from the H200 runs at
+#            ~8 minutes (prewarm ~3-4, timed steps ~4-5). The open targets are timed first:
 #     train_b16         B=16 compiled: ours against the reference with AdamW and with batched Muon (0.944 of batched
 #                       Muon in the third run, the one training target not met)
 #     decode            256 new tokens at batch 1 and 64: the eager sampler with KV cache, the reference loop, and
 #                       nanoeval.fastdecode (compiled step and prefill chunk, CUDA graphs; greedy and sampled on the
 #                       device): 1,040 and 55.8k tok/s in the fourth run, before the compiled prefill
+#     train_b2          B=2 T=1024: ours with CUDA graphs (as `nanotrain run` trains there by default; the optimiser
+#                       step stays eager) against the reference with batched Muon compiled without graphs (the
+#                       target's yardstick): 33.35 ms against 55.0 in the fourth run (1.65x); ours 32.9 in the fifth.
+#                       `cudagraph_skips` in the JSON counts graphs Inductor compiled without a CUDA graph
+#     recipes_b2_graphs baseline-v1, engram-v1 and haar-v5 at B=2 with graphs in one process: the ratio targets, and
+#                       per-run step times for the four original runs (20.5 minutes of steps in the fifth run)
+#     fwdbwd_b2_graphs  forward+backward only at B=2 with CUDA graphs, ours against the reference (166k against 188k
+#                       tok/s in the fifth run; target 150k). Ours is train_b2's graph, so it warms there
 #   run      check_run_graphs.py: a real `nanotrain run engram-v1` at full scale, 120 steps with --compile
 #            --no-cuda-graphs and with --cuda-graphs from one seed, then the graphs run resumed for 20 steps; logged
 #            losses must agree (2%). Needs the dataset: name data/datasets/rust-default (16 MB) in the device tool's
@@ -104,19 +104,19 @@ step() {
 
 steps_of_part() {
   local part=$1
-  if [[ $part == targets ]]; then
-    step train_b2 200 "--only=nanotrain|--only=reference-muon" bench_train.py $FULL --batch-size 2 $GRAPHS \
-      --reference-compile-mode default --only nanotrain,reference-muon --steps 30 --warmup 3
-    step fwdbwd_b2_graphs 150 "--only=reference-adamw" bench_train.py $FULL --batch-size 2 $GRAPHS --fwd-bwd-only \
-      --only nanotrain,reference-adamw --steps 20 --warmup 3
-    step recipes_b2_graphs 300 "--recipes=engram-v1|--recipes=haar-v5" bench_train.py $FULL --batch-size 2 $GRAPHS \
-      --recipes baseline-v1,engram-v1,haar-v5 --steps 20 --warmup 3
+  if [[ $part == targets ]]; then  # open targets first, in case the call is cut
     step train_b16 230 "--only=nanotrain|--only=reference-adamw" bench_train.py $FULL --batch-size 16 --compile \
       --steps 10 --warmup 3
     # TORCH_LOGS: Inductor's reason if it skips a CUDA graph, and Dynamo's for any recompile (one frame per batch
     # size and per function, step and prefill chunk, is expected)
     TORCH_LOGS=cudagraphs,recompiles step decode 330 "--batch-sizes=1|--batch-sizes=64" bench_decode.py \
       --device cuda --scale full --batch-sizes 1,64 --repeats 3 --warmup 1 --no-recompute
+    step train_b2 200 "--only=nanotrain|--only=reference-muon" bench_train.py $FULL --batch-size 2 $GRAPHS \
+      --reference-compile-mode default --only nanotrain,reference-muon --steps 30 --warmup 3
+    step recipes_b2_graphs 300 "--recipes=engram-v1|--recipes=haar-v5" bench_train.py $FULL --batch-size 2 $GRAPHS \
+      --recipes baseline-v1,engram-v1,haar-v5 --steps 20 --warmup 3
+    step fwdbwd_b2_graphs 150 "--only=reference-adamw" bench_train.py $FULL --batch-size 2 $GRAPHS --fwd-bwd-only \
+      --only nanotrain,reference-adamw --steps 20 --warmup 3
   elif [[ $part == run ]]; then
     step run_graphs 540 - check_run_graphs.py --recipe engram-v1 --scale full --steps 120 --resume-steps 20
   elif [[ $part == graphs ]]; then

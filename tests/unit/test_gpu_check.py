@@ -132,7 +132,7 @@ def test_each_prewarm_builds_what_its_timed_step_builds(whole_set):
 
 def test_only_runs_the_named_steps_and_a_bad_part_is_refused(tmp_path):
     proc, log, calls = run_gpu_check(tmp_path, "targets", only="train_b2,decode")
-    assert proc.returncode == 0 and steps_of(log) == ["train_b2", "decode"]
+    assert proc.returncode == 0 and steps_of(log) == ["decode", "train_b2"]  # the set's order, not ONLY's
     assert "--- prewarm: 4 processes" in log
     proc, log, calls = run_gpu_check(tmp_path, "targets", only="train_b2", extra_env={"PREWARM": "0"})
     assert proc.returncode == 0 and steps_of(log) == ["train_b2"] and "prewarm" not in log and len(calls) == 1
