@@ -20,12 +20,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from tqdm import tqdm
 
 from nanotrain.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so a script's --help and flag checks start fast
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -51,6 +53,8 @@ def peak_bf16_flops(device_name: str) -> float | None:
 
 def resolve_device(name: str) -> torch.device:
     """`cpu` or `cuda` from a --device flag; UserError if CUDA is asked for but absent."""
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch (use --device cpu)")
     return torch.device(name)
@@ -58,6 +62,8 @@ def resolve_device(name: str) -> torch.device:
 
 def set_threads(threads: int | None) -> None:
     """Apply a --threads flag (None keeps torch's choice); UserError below 1."""
+    import torch
+
     if threads is None:
         return
     if threads < 1:
@@ -89,6 +95,8 @@ def cpu_name() -> str:
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: name, memory, peak FLOP/s (None on CPU), thread count."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         props = torch.cuda.get_device_properties(device)
@@ -100,6 +108,8 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def run_header(device: torch.device, settings: dict[str, Any], schema: str) -> dict[str, Any]:
     """The common top of every result file (with the 1-minute load average: other work on the machine)."""
+    import torch
+
     return {"schema": schema, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": device_info(device), "torch": torch.__version__, "python": platform.python_version(),
             "settings": settings, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
@@ -107,6 +117,8 @@ def run_header(device: torch.device, settings: dict[str, Any], schema: str) -> d
 
 def autocast_dtype(name: str) -> torch.dtype | None:
     """--dtype bf16 → autocast to bfloat16; fp32 → no autocast."""
+    import torch
+
     return {"bf16": torch.bfloat16, "fp32": None}[name]
 
 
@@ -182,6 +194,7 @@ def measure(variants: list[Variant], device: torch.device, warmup: int, steps: i
 
 
 def _measure_cuda(v: Variant, device: torch.device, warmup: int, steps: int, desc: str) -> Measurement:
+    import torch
     from torch._dynamo.utils import counters
 
     t0 = time.perf_counter()
