@@ -212,6 +212,30 @@ def test_bench_train_compiled_per_block_trains(tmp_path):
     assert result["results"][0]["step_ms"] > 0 and result["results"][0]["build_s"] > 0
 
 
+def test_bytes_moved_per_layer_is_the_slope_over_depth():
+    bytes_moved = load("bytes_moved")
+    assert bytes_moved.per_layer(1_000, 1_600, 2, 4) == (300.0, 400.0)
+    assert bytes_moved.per_layer(50, 50, 1, 3) == (0.0, 50.0)
+
+
+@pytest.mark.slow
+def test_bytes_moved_counts_the_second_mhc_stream(tmp_path):
+    """Inductor's byte count at micro size (four compiles, ~1 minute): traffic grows with depth, and our step with
+    mHC's two residual streams moves more per layer than the same model with one (a plain residual)."""
+    bytes_moved = load("bytes_moved")
+    per_layer = {}
+    for streams in (2, 1):
+        out = tmp_path / f"streams{streams}.json"
+        micro = [x for kv in zip(MICRO[::2], MICRO[1::2]) if kv[1] != "n_layers=2" for x in kv]
+        assert bytes_moved.main(micro + ["--scale", "tiny", "--layers", "1,2", "--batch-size", "2", "--seq-len",
+                                         "16", "--only", "nanotrain", "--set", f"mhc_streams={streams}",
+                                         "--out", str(out)]) == 0
+        row = json.loads(out.read_text())["results"][0]
+        assert row["bytes_total"]["2"] > row["bytes_total"]["1"] > 0 and row["mb_outside_layers"] > 0
+        per_layer[streams] = row["mb_per_layer"]
+    assert per_layer[2] > 1.05 * per_layer[1], per_layer
+
+
 def test_profile_step_micro_reports_device_and_host_time_per_phase(tmp_path, capsys):
     """profile_step.py (the diagnostic the GPU set runs at B=2 and B=16) runs end to end: every phase of ours and
     of the reference, each with the host's own time (on a GPU: how long Python took to issue it)."""
@@ -274,6 +298,9 @@ def test_bench_decode_micro_writes_valid_json(tmp_path):
     ("bench_train", ["--seq-len", "100000"], "--seq-len 100000: longer than the model's context"),
     ("bench_train", ["--seq-len", "16", "--only", "nanotrain,bogus"], "--only nanotrain,bogus: unknown variant(s) bogus"),
     ("bench_decode", ["--batch-sizes", "1,x"], "--batch-sizes 1,x: expected a comma list of integers"),
+    ("bytes_moved", ["--layers", "4,2"], "--layers 4,2: expected two depths A,B with 1 <= A < B"),
+    ("bytes_moved", [], "--set n_layers: the depths come from --layers"),
+    ("bytes_moved", ["--only", "nanotrain,foo"], "--only nanotrain,foo: unknown variant(s) foo"),
     ("bench_decode", ["--tokenizer", "/nonexistent/tokenizer.json"], "tokenizer file not found"),
     ("bench_decode", ["--new-tokens", "100000"], "exceed the largest context"),
 ])
