@@ -93,6 +93,11 @@ def recipe_list(spec: str) -> list[str]:
     return names
 
 
+def our_name(form: str) -> str:
+    """The variant name of our step in mHC form `form`: nanotrain for auto, else nanotrain[FORM]."""
+    return "nanotrain" if form == "auto" else f"nanotrain[{form}]"
+
+
 def check_flags(args) -> None:
     """The checks of flags that need neither torch nor a device (UserError names the flag). main runs them first;
     tests/unit/test_gpu_check.py runs them on every step of the GPU set, on the CPU."""
@@ -104,8 +109,8 @@ def check_flags(args) -> None:
         except UserError as e:
             raise UserError(f"--recipes {args.recipes}: {e}") from None
     if args.only:
-        forms = [f for f in args.mhc_forms.split(",") if f and f != "auto"]
-        known = {"nanotrain", "reference-adamw", "reference-muon", *(f"nanotrain[{f}]" for f in forms)}
+        forms = [f for f in args.mhc_forms.split(",") if f]
+        known = {"reference-adamw", "reference-muon", *(our_name(f) for f in forms)}
         unknown = set(args.only.split(",")) - known
         if unknown:
             raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
@@ -320,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--mhc-forms {args.mhc_forms}: --recipes takes a single form")
         variants = [our_variant(r, args.scale, args.set, args, device, r, forms[0]) for r in args.recipes]
     else:
-        variants = [*(our_variant(args.recipe, args.scale, args.set, args, device,
-                                  "nanotrain" if f == "auto" else f"nanotrain[{f}]", f) for f in forms),
+        variants = [*(our_variant(args.recipe, args.scale, args.set, args, device, our_name(f), f) for f in forms),
                     reference_variant(args.recipe, args.scale, args.set, args, device, "adamw"),
                     reference_variant(args.recipe, args.scale, args.set, args, device, "muon")]
         if args.only:

@@ -297,6 +297,8 @@ def test_bench_decode_micro_writes_valid_json(tmp_path):
     ("bench_train", ["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
     ("bench_train", ["--seq-len", "100000"], "--seq-len 100000: longer than the model's context"),
     ("bench_train", ["--seq-len", "16", "--only", "nanotrain,bogus"], "--only nanotrain,bogus: unknown variant(s) bogus"),
+    ("bench_train", ["--mhc-forms", "plain", "--only", "nanotrain"], "--only nanotrain: unknown variant(s) nanotrain"),
+    ("bench_train", ["--recipes", "baseline-v1,nope"], "--recipes baseline-v1,nope: unknown recipe 'nope'"),
     ("bench_decode", ["--batch-sizes", "1,x"], "--batch-sizes 1,x: expected a comma list of integers"),
     ("bytes_moved", ["--layers", "4,2"], "--layers 4,2: expected two depths A,B with 1 <= A < B"),
     ("bytes_moved", [], "--set n_layers: the depths come from --layers"),
