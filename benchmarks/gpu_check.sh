@@ -6,7 +6,7 @@
 #
 # How one call fits the set: compiling, not stepping, is what takes the time. With a cold compile cache our
 # full-scale step builds in 75-145 s and the reference's in 25-50 s (H200, 2026-11-26/27), ~24 s with the cache warm;
-# the set compiles about ten such graphs. So each part first runs every step's compile at once, as short processes
+# the set compiles about ten such graphs. So each part first runs its steps' compiles at once, as short processes
 # of one step each (`--steps 1 --warmup 1`; decode `--repeats 1 --warmup 0`), split by variant where a step builds
 # several ("prewarm"), all writing one Inductor cache (TORCHINDUCTOR_CACHE_DIR; Inductor's compile workers shared
 # out over the host's cores). Then it times the steps one after the other on an idle GPU, each building from the
