@@ -167,13 +167,18 @@ def our_variant(recipe: str, scale: str, overrides: list[str], args, device, nam
     return common.Variant(name, build)
 
 
-def compile_fn(fn, args):
-    """`fn` compiled as --compile / --compile-mode ask, else `fn` itself."""
+def torch_mode(mode: str | None) -> str | None:
+    """A --compile-mode value as torch.compile's `mode` (None for the default)."""
+    return None if mode in (None, "default") else mode
+
+
+def compile_fn(fn, args, mode: str | None = None):
+    """`fn` compiled as --compile asks, in `mode` (default: --compile-mode), else `fn` itself."""
     import torch
 
     if not args.compile:
         return fn
-    return torch.compile(fn) if args.compile_mode in (None, "default") else torch.compile(fn, mode=args.compile_mode)
+    return torch.compile(fn, mode=torch_mode(mode or args.compile_mode))
 
 
 def compile_regions(model, args):
@@ -185,9 +190,8 @@ def compile_regions(model, args):
 
     if not hasattr(model, "blocks"):
         raise UserError("--compile-regional: this model has no `blocks` list (LoopLM recipes)")
-    mode = None if args.compile_mode in (None, "default") else args.compile_mode
     for block in model.blocks:
-        block.compile(mode=mode)
+        block.compile(mode=torch_mode(args.compile_mode))
     return model
 
 
@@ -238,8 +242,7 @@ def reference_variant(recipe: str, scale: str, overrides: list[str], args, devic
         torch.manual_seed(args.seed)
         model = reference.RefGPT(cfg).to(device)
         opt = reference.adamw(model.parameters()) if optimiser == "adamw" else reference.BatchedMuon(model)
-        mode = args.reference_compile_mode or args.compile_mode
-        loss_fn = compile_fn(model.loss, argparse.Namespace(compile=args.compile, compile_mode=mode))
+        loss_fn = compile_fn(model.loss, args, args.reference_compile_mode)
         x, y = random_batch(cfg.vocab_size, args.batch_size, args.seq_len, device, args.seed)
         amp = common.autocast_dtype(args.dtype)
 

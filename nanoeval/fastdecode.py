@@ -207,7 +207,7 @@ class FastDecoder:
     step's ~425 inputs (CPU, measured: 1.66 against 1.42 ms per call), at batch 1 a large share of a token. The loop
     therefore runs under `torch.compiler.set_stance(skip_guard_eval_unsafe=True)`, which skips the guards once the
     cache entry is settled. That is safe here because the decoder fixes what the guards check: the warm-up compiled
-    the step for this batch size in inference mode, every call feeds the same shapes, and each `generate_greedy`
+    the step for this batch size in inference mode, every call feeds the same shapes, and each `generate`
     first compares the model's tensors (dtype, device, shape) with those seen at compile time and keeps the guards
     when anything differs (e.g. after `model.half()`), or when it has just set up new caches (new static addresses,
     which the guards catch and compile for). Should Dynamo still ask to compile again under that stance (it raises),
@@ -296,7 +296,7 @@ class FastDecoder:
             self._step = torch.compile(eager_step, mode="reduce-overhead", fullgraph=True)
             self._prefill_step = torch.compile(eager_prefill, mode="reduce-overhead", fullgraph=True)
             with torch.inference_mode():
-                # made in inference mode like the ids `generate_greedy` feeds: a normal tensor has another
+                # made in inference mode like the ids `generate` feeds: a normal tensor has another
                 # dispatch key set, and that guard failure recompiled the step at the first real call (both the
                 # third H200 run and the CPU show it: frames [0/0] then [0/1])
                 warm = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)[:, None]
@@ -317,7 +317,7 @@ class FastDecoder:
         return tuple((t.dtype, t.device, t.shape) for t in (*self.model.parameters(), *self.model.buffers()))
 
     def skips_guards(self) -> bool:
-        """Whether the next `generate_greedy` runs the compiled step without Dynamo's guards (see the class doc)."""
+        """Whether the next `generate` runs the compiled step without Dynamo's guards (see the class doc)."""
         return self.compiled and self._compiled_for == self._tensor_signature()
 
     def generate_greedy(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

@@ -241,7 +241,6 @@ class MHCLite(nn.Module):
         return self.alpha_logit if self.n_streams == 2 else self.mix_logits
 
 
-
 @torch.no_grad()
 def clamp_mixing_logits_(params: list[torch.Tensor], mirror: FlatMirror) -> None:
     """The seed's post-step clamp of the mixing logits of many modules at once, in place (same dtype and device):

@@ -65,16 +65,21 @@ def steps_of(log: str) -> list[str]:
     return [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("=== ") and ".py " in line]
 
 
+def out_path(call: dict) -> Path:
+    """The JSON path a recorded call was given with --out: OUT/NAME.json for a timed step, else a prewarm's."""
+    argv = call["argv"]
+    return Path(argv[argv.index("--out") + 1])
+
+
 def split_calls(calls: list[dict], out: Path) -> tuple[dict[str, list[str]], list[list[str]]]:
     """Timed calls by step name (their --out is OUT/NAME.json) with --out dropped, and the prewarm calls (--out in
     the scratch folder) with --out dropped."""
     timed, warm = {}, []
     for call in calls:
-        argv = call["argv"]
-        dest = Path(argv[argv.index("--out") + 1])
-        rest = argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
-        if dest.parent == out:
-            timed[dest.stem] = rest
+        argv, i = call["argv"], call["argv"].index("--out")
+        rest = argv[:i] + argv[i + 2:]
+        if out_path(call).parent == out:
+            timed[out_path(call).stem] = rest
         else:
             warm.append(rest)
     return timed, warm
@@ -115,17 +120,18 @@ def test_each_prewarm_builds_what_its_timed_step_builds(whole_set):
         matches = [n for n, t in timed.items() if body[:len(t)] == t and len(body) - len(t) <= 1]
         assert len(matches) == 1, (argv, matches)
         picks.setdefault(matches[0], []).extend(body[len(timed[matches[0]]):])
-    assert {k: sorted(v) for k, v in picks.items()} == {"train_b2": ["--only=nanotrain", "--only=reference-muon"],
-                     "fwdbwd_b2_graphs": ["--only=reference-adamw"],
-                     "recipes_b2_graphs": ["--recipes=engram-v1", "--recipes=haar-v5"],
-                     "train_b16": ["--only=nanotrain", "--only=reference-adamw"],
-                     "decode": ["--batch-sizes=1", "--batch-sizes=64"],
-                     "decode_engram": [],
-                     "train_b2_nographs": ["--only=nanotrain", "--only=reference-muon"],
-                     "train_b2_regional": []}, picks
-    out_dir = [Path(c["argv"][c["argv"].index("--out") + 1]).parent for c in calls]
-    warm_threads = {c["threads"] for c, d in zip(calls, out_dir) if d != tmp / "out"}
-    timed_threads = {c["threads"] for c, d in zip(calls, out_dir) if d == tmp / "out"}
+    assert {k: sorted(v) for k, v in picks.items()} == {
+        "train_b2": ["--only=nanotrain", "--only=reference-muon"],
+        "fwdbwd_b2_graphs": ["--only=reference-adamw"],
+        "recipes_b2_graphs": ["--recipes=engram-v1", "--recipes=haar-v5"],
+        "train_b16": ["--only=nanotrain", "--only=reference-adamw"],
+        "decode": ["--batch-sizes=1", "--batch-sizes=64"],
+        "decode_engram": [],
+        "train_b2_nographs": ["--only=nanotrain", "--only=reference-muon"],
+        "train_b2_regional": [],
+    }, picks
+    warm_threads = {c["threads"] for c in calls if out_path(c).parent != tmp / "out"}
+    timed_threads = {c["threads"] for c in calls if out_path(c).parent == tmp / "out"}
     assert warm_threads and all(1 <= int(t) <= os.cpu_count() for t in warm_threads), warm_threads
     assert timed_threads == {os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")}
 
