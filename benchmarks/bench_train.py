@@ -93,6 +93,11 @@ def recipe_list(spec: str) -> list[str]:
     return names
 
 
+def form_list(spec: str) -> list[str]:
+    """The --mhc-forms list, as named (main checks the names; check_flags reads them for --only)."""
+    return [f for f in spec.split(",") if f]
+
+
 def our_name(form: str) -> str:
     """The variant name of our step in mHC form `form`: nanotrain for auto, else nanotrain[FORM]."""
     return "nanotrain" if form == "auto" else f"nanotrain[{form}]"
@@ -109,8 +114,7 @@ def check_flags(args) -> None:
         except UserError as e:
             raise UserError(f"--recipes {args.recipes}: {e}") from None
     if args.only:
-        forms = [f for f in args.mhc_forms.split(",") if f]
-        known = {"reference-adamw", "reference-muon", *(our_name(f) for f in forms)}
+        known = {"reference-adamw", "reference-muon", *(our_name(f) for f in form_list(args.mhc_forms))}
         unknown = set(args.only.split(",")) - known
         if unknown:
             raise UserError(f"--only {args.only}: unknown variant(s) {', '.join(sorted(unknown))}")
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--seq-len {args.seq_len}: longer than the model's context ({model_cfg.max_seq_len})")
     from nanotrain.model.mhc import MHC_FORMS
 
-    forms = [f for f in args.mhc_forms.split(",") if f]
+    forms = form_list(args.mhc_forms)
     bad = [f for f in forms if f not in MHC_FORMS]
     if bad or not forms or len(set(forms)) != len(forms):
         raise UserError(f"--mhc-forms {args.mhc_forms}: expected distinct forms from {', '.join(MHC_FORMS)}")
