@@ -108,10 +108,20 @@ def resolve_checkpoint(runs_dir: Path, choice: str) -> Path:
 
 @dataclass
 class CachedModel:
-    """A loaded checkpoint plus the lock that serialises generations on it (its KV cache is module state)."""
+    """A loaded checkpoint, its inference engines (one per inference mode) and the lock that serialises
+    generations on it (the model's caches are module state)."""
 
     loaded: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    engines: dict[str, Any] = field(default_factory=dict)
+
+    def engine(self, mode: str) -> Any:
+        """The engine for inference mode `mode` ("refuse" or "bypass"), made on first use."""
+        from nanoeval.engine import Engine
+
+        if mode not in self.engines:
+            self.engines[mode] = Engine(self.loaded.model, self.loaded.tokenizer, inference_mode=mode)
+        return self.engines[mode]
 
 
 class ModelCache:
@@ -352,7 +362,7 @@ class DemoBackend:
                 raise UserError("non-causal checkpoint: tick 'bypass non-causal layers' to generate with those "
                                 "mixers skipped (the label then says so)")
             with cached.lock:
-                out = _stream_sample(loaded, prompt, settings, bypass, stop,
+                out = _stream_sample(cached, prompt, settings, bypass, stop,
                                      lambda text, n, dt: events.put(("text", i, (text, n, dt))))
             if out is None:
                 events.put(("error", i, "cancelled"))
@@ -366,20 +376,20 @@ class DemoBackend:
             events.put(("error", i, f"internal error: {type(e).__name__}: {e}"))
 
 
-def _stream_sample(loaded: Any, prompt: str, settings: SamplingSettings, bypass: bool, stop: threading.Event,
-                   on_text: Callable[[str, int, float], None]) -> dict[str, Any] | None:
-    """Run nanoeval's KV-cached sampler on one prompt, reporting (completion, tokens, seconds) after every step.
+def _stream_sample(cached: CachedModel, prompt: str, settings: SamplingSettings, bypass: bool,
+                   stop: threading.Event, on_text: Callable[[str, int, float], None]) -> dict[str, Any] | None:
+    """Run the inference engine on one prompt, reporting (completion, tokens, seconds) after every step.
 
     Returns the final fields of the panel, or None when `stop` was set (the page went away) before the end.
     """
-    from nanoeval.sample import SamplingConfig, context_length, iter_generate, streamable_text
+    from nanoeval.engine import SamplingConfig, context_length
 
+    loaded = cached.loaded
     room = context_length(loaded.model) - len(loaded.tokenizer.encode(prompt, add_special_tokens=False).ids)
     max_new = min(settings.max_new_tokens, max(room, 1))
     config = SamplingConfig(max_new_tokens=max_new, temperature=settings.temperature,
                             top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed)
-    steps = iter_generate(loaded.model, loaded.tokenizer, [prompt], config,
-                          inference_mode="bypass" if bypass else "refuse")
+    steps = cached.engine("bypass" if bypass else "refuse").stream([prompt], config)
     t0 = time.perf_counter()
     sample = None
     try:
@@ -387,12 +397,12 @@ def _stream_sample(loaded: Any, prompt: str, settings: SamplingSettings, bypass:
             if stop.is_set():
                 return None
             sample = samples[0]
-            on_text(streamable_text(sample.text), sample.n_tokens, time.perf_counter() - t0)
+            on_text(sample.text, sample.n_tokens, time.perf_counter() - t0)
     finally:
         steps.close()
     seconds = time.perf_counter() - t0
     if sample is None:
-        raise UserError("the sampler produced no tokens")
+        raise UserError("the engine produced no tokens")
     return {"completion": sample.text, "n_tokens": sample.n_tokens, "finish": sample.finish,
             "tok_per_s": sample.n_tokens / seconds if seconds > 0 else 0.0, "elapsed": seconds,
             "max_new_tokens": max_new, "context": context_length(loaded.model)}

@@ -1,18 +1,21 @@
-"""Decode throughput at 256 new tokens, batch 1 and batch N: our sampler against recompute and a plain loop.
+"""Decode throughput at 256 new tokens, batch 1 and batch N: nanoeval's inference engine against a plain loop.
 
-Variants (greedy decoding of the same prompt, same shapes, random weights, timed end to end incl. prefill):
-- `sampler-kv`: `nanoeval.sample.generate` with the model's static KV cache (what `nanoeval generate` runs);
-- `sampler-recompute`: the same sampler re-running the whole prefix for every token (the seed's way);
-- `reference-kv`: benchmarks/reference.py's plain GPT in a bare greedy loop with its own KV cache;
-- `fastdecode` (CUDA only): nanoeval.fastdecode's compiled one-token step and prefill chunk, with CUDA graphs;
-  `fastdecode-sample`: the same decoder drawing with temperature 0.7 and top-k 40 on the device (Gumbel-max).
+Variants (the same prompt in every row, same shapes, random weights, timed end to end incl. prefill):
+- `engine`: `nanoeval.engine.Engine.generate`, greedy, as the commands run it (eager on a CPU; on CUDA the decode
+  step compiled with CUDA graphs): prompt encoding, prefill, decode, on-device sampling, incremental
+  detokenization and stop checks included;
+- `engine-sample`: the same engine drawing with temperature 0.7 and top-k 40 (nanoeval's defaults);
+- `engine-compiled` (CPU, with --compile): the engine with its decode step compiled by Inductor's CPU backend;
+- `reference-kv`: benchmarks/reference.py's plain GPT in a bare greedy loop with its own KV cache (no sampling,
+  no text).
 
 Where the recipe's context is shorter than prompt + new tokens (tiny: 256), the RoPE table/cache length is
 extended to fit (recorded as `context`; no weight changes shape). The weights are random, so the `<eos>` embedding
-row is zeroed: a greedy row then never picks `<eos>` (some
-other logit is always positive) and every row decodes all its tokens. The tokenizer only matters through its
-decode cost; by default one is trained in a fraction of a second on nanotrain's own source text (or pass
---tokenizer). Results: a table and JSON under benchmarks/results/.
+row is zeroed: a greedy row then never picks `<eos>` (some other logit is always positive) and every row decodes
+all its tokens. The tokenizer only matters through its encode/decode cost; by default one is trained in a
+fraction of a second on nanotrain's own source text (or pass --tokenizer). Results: a table and JSON under
+benchmarks/results/; ratio keys `B<batch>:engine/reference-kv` (tokens per second, higher is better for the
+engine).
 """
 
 from __future__ import annotations
@@ -33,9 +36,8 @@ PROMPT = "use std::collections::HashMap;\n\n/// Count how often each word occurs
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_decode.py",
-        description="Time greedy decoding (256 new tokens) with nanoeval's KV-cached sampler against recomputing "
-                    "the prefix, a plain reference decode loop and, on CUDA, a compiled CUDA-graph decode step; "
-                    "print a table and write JSON to benchmarks/results/.",
+        description="Time decoding (256 new tokens) through nanoeval's inference engine, as the commands run it, "
+                    "against a plain reference decode loop; print a table and write JSON to benchmarks/results/.",
         epilog="CPU default: tiny baseline-v1, batch 1 and 8, ~1 minute. GPU: see benchmarks/gpu_check.sh.")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
     p.add_argument("--recipe", default="baseline-v1", help="recipe whose shapes are timed (default baseline-v1)")
@@ -49,13 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed runs per variant first (default 0 cpu: a run is 256 steps; 1 cuda)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                    help="weight dtype (default fp32 on cpu, bf16 on cuda)")
-    p.add_argument("--recompute-batched", action="store_true",
-                   help="also time recompute-the-prefix at batch sizes above 1 (slow on CPU)")
-    p.add_argument("--no-recompute", action="store_true",
-                   help="skip the recompute-the-prefix variant (it exists for the CPU target; slow at full scale)")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled fastdecode variant on CUDA")
-    p.add_argument("--fastdecode", action="store_true",
-                   help="on CPU too, time nanoeval.fastdecode (its static decode step, eager: no CUDA graphs)")
+    p.add_argument("--no-sample", action="store_true", help="skip the engine-sample variant")
+    p.add_argument("--compile", action="store_true",
+                   help="on CPU, also time the engine with its decode step compiled (Inductor CPU; slow to build)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json to use (default: trained here)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ModelConfig field, e.g. --set dim=64 (repeatable; for micro runs)")
@@ -112,20 +110,31 @@ def our_model(args, model_cfg, device, dtype):
     return model
 
 
-def sampler_variant(name: str, model, tokenizer, batch: int, new_tokens: int, use_kv_cache: bool) -> common.Variant:
-    def build():
-        from nanoeval.sample import SamplingConfig, generate
+SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.7, 40  # nanoeval's sampling defaults
 
-        config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, top_k=0)
-        mode = "causal" if model.is_causal else "bypass"
+
+def engine_variant(name: str, model, tokenizer, batch: int, new_tokens: int, *, sample: bool = False,
+                   compile: bool | None = None) -> common.Variant:
+    """The product's decoder: `Engine.generate` on `batch` copies of the prompt (greedy, or sampled with
+    nanoeval's defaults)."""
+    def build():
+        from nanoeval.engine import Engine, SamplingConfig
+
+        config = SamplingConfig(max_new_tokens=new_tokens, temperature=SAMPLE_TEMPERATURE if sample else 0.0,
+                                top_k=SAMPLE_TOP_K if sample else 0)
+        engine = Engine(model, tokenizer, inference_mode="refuse" if model.is_causal else "bypass",
+                        compile=compile, batch_size=batch)
+        if engine._want_compile:
+            engine.generate([PROMPT] * batch, config)  # compile (and record the graph) outside the timing
 
         def run():
-            gen = generate(model, tokenizer, [PROMPT] * batch, config, use_kv_cache=use_kv_cache,
-                           inference_mode="refuse" if mode == "causal" else "bypass", batch_size=batch)
-            if gen.n_tokens != batch * new_tokens:
+            gen = engine.generate([PROMPT] * batch, config)
+            if not sample and gen.n_tokens != batch * new_tokens:
                 raise RuntimeError(f"{name}: generated {gen.n_tokens} tokens, expected {batch * new_tokens}")
             return gen
-        return run, {"batch": batch, "inference_mode": mode, "use_kv_cache": use_kv_cache}
+        return run, {"batch": batch, "inference_mode": engine.mode, "compiled": engine.compiled,
+                     "cuda_graphs": engine.cuda_graphs, "fallback_reason": engine.fallback_reason,
+                     "sampling": {"temperature": SAMPLE_TEMPERATURE, "top_k": SAMPLE_TOP_K} if sample else None}
     return common.Variant(name, build)
 
 
@@ -146,36 +155,6 @@ def reference_variant(model_cfg, prompt_ids: list[int], batch: int, new_tokens: 
             return reference.generate_greedy(model, prompt, new_tokens)
         return run, {"batch": batch}
     return common.Variant("reference-kv", build)
-
-
-SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.7, 40  # nanoeval's sampling defaults
-
-
-def fast_variant(model, prompt_ids: list[int], batch: int, new_tokens: int, device, shared: dict,
-                 sample: bool = False) -> common.Variant:
-    """`fastdecode` (greedy) or `fastdecode-sample` (temperature 0.7, top-k 40, on the device); both use one
-    decoder per batch size (`shared`), so the second compiles nothing."""
-    def build():
-        import torch
-
-        from nanoeval.fastdecode import FastDecoder
-
-        prompt = torch.tensor([prompt_ids] * batch, device=device)
-        if batch not in shared:
-            shared[batch] = FastDecoder(model, batch_size=batch, max_len=len(prompt_ids) + new_tokens,
-                                        bypass_noncausal=not model.is_causal)
-        decoder = shared[batch]
-        generator = torch.Generator(device=device).manual_seed(0)
-
-        def run():
-            if sample:
-                return decoder.generate(prompt, new_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
-                                        generator=generator)
-            return decoder.generate_greedy(prompt, new_tokens)
-        return run, {"batch": batch, "compiled": decoder.compiled, "cuda_graphs": decoder.cuda_graphs,
-                     "fallback_reason": decoder.fallback_reason,
-                     "sampling": {"temperature": SAMPLE_TEMPERATURE, "top_k": SAMPLE_TOP_K} if sample else None}
-    return common.Variant("fastdecode-sample" if sample else "fastdecode", build)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,21 +194,20 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": len(prompt_ids), "repeats": args.repeats, "warmup": args.warmup,
                 "dtype": args.dtype, "vocab_size": model_cfg.vocab_size, "recipe_context": recipe_context,
                 "context": model_cfg.max_seq_len, "overrides": args.set, "seed": args.seed,
-                "decoding": "greedy (fastdecode-sample: temperature 0.7, top-k 40)"}
+                "decoding": "greedy (engine-sample: temperature 0.7, top-k 40)"}
     result = common.run_header(device, settings, "nanolab.bench_decode/1")
     rows: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
     cpu_ratios: dict[str, float] = {}
     for batch in batches:
-        variants = [sampler_variant("sampler-kv", model, tokenizer, batch, args.new_tokens, True)]
-        if (batch == 1 or args.recompute_batched) and not args.no_recompute:
-            variants.append(sampler_variant("sampler-recompute", model, tokenizer, batch, args.new_tokens, False))
+        variants = [engine_variant("engine", model, tokenizer, batch, args.new_tokens)]
+        if not args.no_sample:
+            variants.append(engine_variant("engine-sample", model, tokenizer, batch, args.new_tokens, sample=True))
+        if args.compile and not cuda:
+            variants.append(engine_variant("engine-compiled", model, tokenizer, batch, args.new_tokens,
+                                           compile=True))
         variants.append(reference_variant(model_cfg, prompt_ids, batch, args.new_tokens, device, dtype,
                                           args.seed))
-        if (cuda and not args.no_compile) or args.fastdecode:
-            shared: dict = {}
-            variants.append(fast_variant(model, prompt_ids, batch, args.new_tokens, device, shared))
-            variants.append(fast_variant(model, prompt_ids, batch, args.new_tokens, device, shared, sample=True))
         measured = common.measure(variants, device, args.warmup, args.repeats, f"decode B={batch}")
         by_name: dict[str, dict[str, float]] = {}
         for m in measured:
@@ -242,14 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                          "cpu_run_ms": None if cpu is None else round(cpu, 2),
                          "peak_mem_gib": common.gib(m.peak_mem_bytes)})
         for key, out_ratios in (("tok_per_s", ratios), ("tok_per_cpu_s", cpu_ratios)):
-            kv = by_name["sampler-kv"][key]
-            if kv is None:
+            ref = by_name["reference-kv"][key]
+            if ref is None:
                 continue
             for other, value in by_name.items():
-                if other.startswith("fastdecode"):
-                    out_ratios[f"B{batch}:{other}/sampler-kv"] = round(value[key] / kv, 3)
-                elif other != "sampler-kv":
-                    out_ratios[f"B{batch}:sampler-kv/{other}"] = round(kv / value[key], 3)
+                if other != "reference-kv":
+                    out_ratios[f"B{batch}:{other}/reference-kv"] = round(value[key] / ref, 3)
     result["results"] = rows
     result["ratios"] = ratios
     if not cuda:
@@ -259,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(out, result)
     dev = result["device"]
     print(f"device: {dev['name']} ({dev['type']}), torch {result['torch']}, {args.recipe} {args.scale}, "
-          f"{args.dtype} weights, greedy (fastdecode-sample: T=0.7, top-k 40), {len(prompt_ids)}-token prompt + "
+          f"{args.dtype} weights, greedy (engine-sample: T=0.7, top-k 40), {len(prompt_ids)}-token prompt + "
           f"{args.new_tokens} new, median of {args.repeats}")
     print(common.format_table(rows, [("name", "variant"), ("batch", "batch"), ("run_ms", "ms/run"),
                                      ("tok_per_s", "tok/s"), ("cpu_run_ms", "CPU-time ms"),

@@ -69,7 +69,7 @@ def evaluate_heldout(
 
     `seq_len` defaults to the model's context; it shrinks to fit a split shorter than one window.
     """
-    from nanoeval.sample import resolve_inference_mode
+    from nanoeval.engine import resolve_inference_mode
     from nanotrain.data.loader import sequential_batches
 
     mode, bypass = resolve_inference_mode(model, inference_mode)

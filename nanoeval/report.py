@@ -9,7 +9,7 @@ tests/integration/test_nanoeval_score.py):
 - `heldout`: `ce`, `bpb`, `ppl`, `entropy`, `n_tokens`, `split`, `seq_len`, `dataset`, `train_mode_ce`,
   `train_mode_gap`
 - `generation`: `n_samples`, `valid_rate`, `bracket_balance`, `error_density`, `distinct_3`, `compile_rate`,
-  `tok_per_s`, `n_tokens`, `seconds`, `finish`, `prompts`, `samples_per_prompt`, `use_kv_cache`, `metrics`,
+  `tok_per_s`, `n_tokens`, `seconds`, `finish`, `prompts`, `samples_per_prompt`, `decode`, `metrics`,
   `sampling` (the sampling settings), and with `--metrics seed` also `seed_metrics`
 - `samples`: one object per sample: `prompt`, `text`, `finish`, `n_tokens`, `prompt_truncated`, `valid`,
   `bracket_balance`, `error_density`, `distinct_3`, `n_errors`, `first_error_line`, `compiles`, and with
@@ -184,7 +184,8 @@ def build_score_report(
             "finish": finish,
             "prompts": prompts_spec,
             "samples_per_prompt": samples_per_prompt,
-            "use_kv_cache": generation.use_kv_cache,
+            "decode": ("compiled, CUDA graphs" if generation.cuda_graphs
+                       else "compiled" if generation.compiled else "eager"),
             "metrics": metrics,
             "sampling": generation.config.to_dict(),
         },
@@ -239,7 +240,7 @@ def format_summary(report: dict) -> str:
         ("distinct-3", _fmt(g["distinct_3"])),
         ("compile rate (rustc)", _fmt(g["compile_rate"])),
         ("finish eos/stop/length", "/".join(str(g["finish"][k]) for k in ("eos", "stop", "length"))),
-        ("tok/s (KV cache)" if g["use_kv_cache"] else "tok/s (recompute)", f"{g['tok_per_s']:.1f}"),
+        (f"tok/s ({g.get('decode', 'eager')} decode)", f"{g['tok_per_s']:.1f}"),
     ]
     if h.get("train_mode_ce") is not None:
         rows.insert(7, ("train-mode CE / gap", f"{_fmt(h['train_mode_ce'], 4)} / {_fmt(h['train_mode_gap'], 4)}"))

@@ -27,7 +27,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 
 def sampling_config(args):
-    from nanoeval.sample import SamplingConfig
+    from nanoeval.engine import SamplingConfig
 
     return SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -39,23 +39,21 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate a completion for one prompt",
-        description="Generate a completion for --prompt from a checkpoint with the KV-cached sampler. The prompt "
+        description="Generate a completion for --prompt from a checkpoint with nanoeval's inference engine. The prompt "
                     "is echoed, then the completion streams in as it is sampled. Prompt escapes like \\n are "
                     "NOT interpreted: use real newlines (e.g. $'fn main() {\\n').",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
     p.add_argument("--prompt", required=True, help="text to continue ('' starts from <eos>, a new file)")
     add_sampling_args(p, max_new_tokens=128)
-    p.add_argument("--no-kv-cache", action="store_true",
-                   help="recompute the whole prefix for every token (the slow reference path)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print tokens as they arrive (default) or only the finished completion")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    from nanoeval.engine import Engine
     from nanoeval.load import load
-    from nanoeval.sample import generate
 
     config = sampling_config(args)
     loaded = load(args.ckpt, device=args.device)
@@ -73,14 +71,12 @@ def _run(args) -> int:
             out.flush()
             shown[0] = ready
 
-    result = generate(
-        loaded.model, loaded.tokenizer, [args.prompt], config, use_kv_cache=not args.no_kv_cache,
-        inference_mode=args.inference_mode, on_token=on_token if args.stream else None,
-    )
+    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode)
+    result = engine.generate([args.prompt], config, on_token=on_token if args.stream else None)
     sample = result.samples[0]
     out.write(sample.text[shown[0]:] + "\n")
     note = " (prompt cut from the left to fit the context)" if sample.prompt_truncated else ""
     print(f"[{sample.n_tokens} tokens, finish={sample.finish}, {result.tok_per_s:.1f} tok/s, "
-          f"mode={result.inference_mode}, kv_cache={'on' if result.use_kv_cache else 'off'}]{note}",
+          f"mode={result.inference_mode}, {'compiled' if result.compiled else 'eager'}]{note}",
           file=sys.stderr)
     return 0

@@ -69,7 +69,7 @@ def _run(args) -> int:
     from nanoeval.load import load
     from nanoeval.prompts import resolve_prompts
     from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
-    from nanoeval.sample import generate, resolve_inference_mode
+    from nanoeval.engine import Engine
     from nanotrain.errors import UserError
 
     t0 = time.perf_counter()
@@ -79,7 +79,7 @@ def _run(args) -> int:
     if args.heldout_tokens < 0:
         raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
     loaded = load(args.ckpt, device=args.device, dtype=torch.float32)
-    resolve_inference_mode(loaded.model, args.inference_mode)
+    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size)
     need_data = args.heldout_tokens > 0 or args.prompts == "completions"
     dataset = resolve_dataset(args.data, loaded, need_data) if need_data else None
     prompts = resolve_prompts(args.prompts, dataset, n=args.n_prompts)
@@ -88,8 +88,7 @@ def _run(args) -> int:
         heldout = evaluate_heldout(loaded.model, dataset, split="val", max_tokens=args.heldout_tokens,
                                    inference_mode=args.inference_mode, progress=True)
     batch = [p for p in prompts for _ in range(args.samples_per_prompt)]
-    generation = generate(loaded.model, loaded.tokenizer, batch, config, inference_mode=args.inference_mode,
-                          batch_size=args.batch_size, progress=True)
+    generation = engine.generate(batch, config, progress=True)
     records = score_samples(generation.samples, args.metrics)
     compile_rate = compile_check(records, progress=True) if args.compile_check else None
     report = build_score_report(

@@ -2,7 +2,7 @@
 
 Modules: gpt (the model), attention (GQA + RoPE + KV cache), mlp (SwiGLU), norm (RMSNorm), mhc (mHC-lite),
 engram (hashed n-gram memory), wavefield (Haar field mixer), mtp (multi-token heads + loss), loop (LoopLM),
-quant (ternary QAT), stamp (whether weights changed, for values cached from them).
+quant (ternary QAT), cache (positions and per-row reads/writes of the decoding caches).
 """
 
 from nanotrain.model.gpt import GPT, ModelOutput

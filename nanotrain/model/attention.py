@@ -7,8 +7,9 @@
   GQA mapping: query head h reads KV head h // (n_heads / n_kv_heads) (torch's grouped, `repeat_interleave`
   convention). The seed tiles instead (query head h reads KV head h mod n_kv_heads); the two only differ in how
   query heads are numbered, so importing seed weights needs the rows of `wq` (and columns of `wo`) permuted.
-- The KV cache is a pair of preallocated buffers [B, n_kv, max_len, hd], written in place at `start_pos`, so a
-  decode step does no allocation or concatenation. The cache is not part of the state dict.
+- The KV cache is a pair of preallocated buffers [B, n_kv, max_len, hd]. A cached call writes its keys and values
+  at their positions (`nanotrain.model.cache`) and attends over the whole buffer under the mask key position <=
+  query position, so every decode step has the same shapes. The cache is not part of the state dict.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanotrain.config import ModelConfig
+from nanotrain.model.cache import Positions, write_at
 from nanotrain.model.quant import make_linear
 
 
@@ -29,18 +31,12 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, hd] with half-split pairs; cos/sin are [T, hd/2]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    """Rotate x [B, H, T, hd] with half-split pairs, in fp32; cos/sin are [T, hd/2], or [B, 1, T, hd/2] per row."""
+    x1, x2 = x.chunk(2, dim=-1)
+    if x.dtype != torch.float32:
+        x1, x2 = x1.float(), x2.float()
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.type_as(x)
-
-
-def decode_mask(start_pos: int, q_len: int, device: torch.device) -> torch.Tensor:
-    """Boolean mask [q_len, start_pos+q_len]: the query at position start_pos+i sees keys 0..start_pos+i."""
-    q_pos = torch.arange(start_pos, start_pos + q_len, device=device)
-    k_pos = torch.arange(start_pos + q_len, device=device)
-    return k_pos[None, :] <= q_pos[:, None]
+    return out if out.dtype == x.dtype else out.type_as(x)
 
 
 class KVCache(nn.Module):
@@ -61,18 +57,12 @@ class KVCache(nn.Module):
         self.k = None
         self.v = None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, n_kv, T, hd] at positions start_pos.. and return all keys/values up to the last one."""
+    def write(self, k: torch.Tensor, v: torch.Tensor, at: Positions) -> None:
+        """Write k/v [B, n_kv, T, hd] at the call's positions."""
         if self.k is None:
-            raise RuntimeError("KV cache not set up: call model.setup_cache(batch_size) before start_pos decoding")
-        b, _, t, _ = k.shape
-        end = start_pos + t
-        if end > self.k.shape[2] or b > self.k.shape[0]:
-            raise ValueError(f"KV cache holds batch {self.k.shape[0]} x {self.k.shape[2]} positions; "
-                             f"got batch {b} up to position {end}")
-        self.k[:b, :, start_pos:end] = k
-        self.v[:b, :, start_pos:end] = v
-        return self.k[:b, :, :end], self.v[:b, :, :end]
+            raise RuntimeError("KV cache not set up: call model.setup_cache(batch_size) before a cached forward")
+        write_at(self.k, 2, at, k)
+        write_at(self.v, 2, at, v)
 
 
 class Attention(nn.Module):
@@ -89,20 +79,22 @@ class Attention(nn.Module):
         self.wo = make_linear(cfg.n_heads * self.head_dim, cfg.dim, cfg)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                start_pos: int | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """x [B, T, dim] -> [B, T, dim]. With `start_pos`, keys/values go through `cache` (incremental decoding)."""
+                at: Positions | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """x [B, T, dim] -> [B, T, dim]. With `at`, keys/values go through `cache` (a cached forward)."""
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if start_pos is None:
+        h, hkv = self.n_heads, self.n_kv_heads
+        q = self.wq(x).view(b, t, h, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, hkv, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, hkv, self.head_dim).transpose(1, 2)
+        if rope is not None:  # q and k heads rotated together: one set of kernels instead of two
+            q, k = apply_rope(torch.cat((q, k), dim=1), *rope).split((h, hkv), dim=1)
+        if at is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            k, v = cache.update(k, v, start_pos)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-            mask = None if t == 1 else decode_mask(start_pos, t, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            cache.write(k, v, at)
+            keys, values = cache.k[:b, :, :at.length], cache.v[:b, :, :at.length]
+            if keys.dtype != q.dtype:
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
+            bias = at.bias if at.bias.dtype == q.dtype else at.bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

@@ -16,7 +16,7 @@ Forward (§4.3), on u = the mHC-prepared attention input [B, T, dim]:
     z_t = a_t * v_t
     y_t = sum_{i=0}^{K-1} conv_weight[:, 0, i] * z_{t-i}          (tap i looks i steps back; zeros before 0)
     out = u + y
-For incremental decoding the conv inputs z are kept in a per-position cache buffer [B, max_len, dim], like the KV
+For a cached forward the conv inputs z are kept in a per-position cache buffer [B, max_len, dim], like the KV
 cache, so a decode step computes z only for the new tokens and reads the K-1 previous ones from the cache.
 """
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nanotrain.config import ModelConfig
+from nanotrain.model.cache import Positions, read_before, write_at
 from nanotrain.model.norm import RMSNorm
 from nanotrain.model.quant import make_linear
 
@@ -188,18 +189,13 @@ class Engram(nn.Module):
         gate = (self.gate_norm(u) * self.key_norm(k)).sum(dim=-1, keepdim=True) / math.sqrt(self.dim)
         return torch.sigmoid(gate) * v
 
-    def forward(self, u: torch.Tensor, indices: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        """u [B, T, dim], indices [B, T, n_tables] -> u + y."""
+    def forward(self, u: torch.Tensor, indices: torch.Tensor, at: Positions | None = None) -> torch.Tensor:
+        """u [B, T, dim], indices [B, T, n_tables] -> u + y. With `at`, the conv reads earlier z from the cache."""
         z = self.gated_values(u, indices)
         past = None
-        if start_pos is not None:
+        if at is not None:
             if self.conv_cache is None:
                 raise RuntimeError("Engram cache not set up: call model.setup_cache(batch_size) first")
-            b, t, _ = z.shape
-            self.conv_cache[:b, start_pos:start_pos + t] = z
-            n_past = self.conv_weight.shape[-1] - 1
-            past = z.new_zeros(b, n_past, self.dim)
-            lo = max(0, start_pos - n_past)
-            if start_pos > lo:
-                past[:, n_past - (start_pos - lo):] = self.conv_cache[:b, lo:start_pos]
+            write_at(self.conv_cache, 1, at, z)
+            past = read_before(self.conv_cache, at.pos[:, 0], self.conv_weight.shape[-1] - 1)
         return u + causal_depthwise_conv(z, self.conv_weight, past)

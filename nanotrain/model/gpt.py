@@ -7,8 +7,11 @@ Read top to bottom:
   -> mHC apply] then [mHC prepare -> RMSNorm -> SwiGLU (§2.5) -> mHC apply];
   or, for LoopLM (§6.7), local_before blocks -> shared block x loop_count -> local_after blocks
 - collapse the streams (mean), final RMSNorm, tied head (§2.6); optional MTP heads (§5) on the same hidden state.
-`forward(idx, start_pos=p)` decodes incrementally with static caches set up by `setup_cache` (KV, Engram
-conv/ids, causal wavefield values, one KV slot per loop iteration).
+`forward(idx)` is the full causal forward (training, held-out loss). `forward(idx, input_pos)` is the cached
+forward that serves both prefill and decode: token idx[b, t] sits at position input_pos[b, t], and every cache
+set up by `setup_cache` (KV, Engram conv inputs and token ids, causal wavefield values, one KV slot per loop
+iteration) is written and read by position (`nanotrain.model.cache`), so a decode step has the same shapes at
+every position and rows of one batch can sit at different positions.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from nanotrain.config import ModelConfig
 from nanotrain.errors import UserError
 from nanotrain.flat import FlatMirror
 from nanotrain.model.attention import Attention, KVCache, rope_tables
+from nanotrain.model.cache import Positions, read_before, write_at
 from nanotrain.model.engram import Engram, hash_indices, hash_primes, hash_tables
 from nanotrain.model.loop import SharedLoopBlock
 from nanotrain.model.mhc import MHCLite, Streams, clamp_mixing_logits_, collapse_streams, expand_streams
@@ -100,17 +104,17 @@ class Block(nn.Module):
         return hasattr(self, "wavefield") and not self.wavefield.causal
 
     def forward(self, streams: Streams, rope: tuple[torch.Tensor, torch.Tensor],
-                hash_idx: torch.Tensor | None, start_pos: int | None, bypass_noncausal: bool) -> Streams:
+                hash_idx: torch.Tensor | None, at: Positions | None, bypass_noncausal: bool) -> Streams:
         """mHC streams -> streams; a bypassed non-causal layer skips its whole mixing sub-layer."""
         if not (bypass_noncausal and self.noncausal):
             u = self.mhc_attn.prepare(streams)
             if self.engram is not None:
-                u = self.engram(u, hash_idx, start_pos)
+                u = self.engram(u, hash_idx, at)
             normed = self.norm_attn(u)
             if hasattr(self, "wavefield"):
-                mixed = self.wavefield(normed, start_pos)
+                mixed = self.wavefield(normed, at)
             else:
-                mixed = self.attn(normed, rope, start_pos, self.kv_cache)
+                mixed = self.attn(normed, rope, at, self.kv_cache)
             streams = self.mhc_attn.apply(streams, mixed)
         ffn_out = self.ffn(self.norm_ffn(self.mhc_ffn.prepare(streams)))
         return self.mhc_ffn.apply(streams, ffn_out)
@@ -144,6 +148,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("id_cache", None, persistent=False)
+        self.register_buffer("cache_positions", None, persistent=False)  # 0..max_len-1 while caches are set up
         mult, order = hash_tables(cfg.engram_orders, cfg.engram_heads, hash_primes(cfg.engram_primes))
         self.register_buffer("engram_mult", mult, persistent=False)
         self.register_buffer("engram_order", order, persistent=False)
@@ -200,6 +205,12 @@ class GPT(nn.Module):
             if isinstance(module, Engram) or (isinstance(module, WavefieldAttention) and module.causal):
                 module.setup_cache(batch_size, max_len, device, dtype)
         self.id_cache = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.cache_positions = torch.arange(max_len, device=device)
+
+    @property
+    def cache_shape(self) -> tuple[int, int] | None:
+        """(batch size, length) of the caches set up by `setup_cache`, None when there are none."""
+        return None if self.id_cache is None else tuple(self.id_cache.shape)
 
     def clear_cache(self) -> None:
         """Free every decoding cache."""
@@ -209,51 +220,64 @@ class GPT(nn.Module):
             elif isinstance(module, (Engram, WavefieldAttention)):
                 module.clear_cache()
         self.id_cache = None
+        self.cache_positions = None
 
-    def _hash_indices(self, idx: torch.Tensor, start_pos: int | None) -> torch.Tensor:
-        """Engram table indices for idx; when decoding, the preceding ids come from `id_cache`."""
+    def _hash_indices(self, idx: torch.Tensor, at: Positions | None) -> torch.Tensor:
+        """Engram table indices for idx; in a cached forward the ids before the call come from `id_cache`."""
         cfg = self.cfg
         history = None
-        if start_pos is not None:
-            b, t = idx.shape
-            ctx = max(cfg.engram_orders) - 1
-            self.id_cache[:b, start_pos:start_pos + t] = idx
-            history = idx.new_zeros(b, ctx)
-            lo = max(0, start_pos - ctx)
-            if start_pos > lo:
-                history[:, ctx - (start_pos - lo):] = self.id_cache[:b, lo:start_pos]
+        if at is not None:
+            write_at(self.id_cache, 1, at, idx)
+            history = read_before(self.id_cache, at.pos[:, 0], max(cfg.engram_orders) - 1)
         return hash_indices(idx, history, self.engram_mult, self.engram_order, cfg.engram_table_size)
 
-    def forward(self, idx: torch.Tensor, *, start_pos: int | None = None,
-                bypass_noncausal: bool = False) -> ModelOutput:
-        """idx [B, T] token ids -> ModelOutput. `start_pos` decodes incrementally through the caches."""
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, *, bypass_noncausal: bool = False,
+                logits_at: torch.Tensor | None = None, kv_len: int | None = None) -> ModelOutput:
+        """idx [B, T] token ids -> ModelOutput.
+
+        `input_pos` [B, T] (or [T] for every row) runs the cached forward: each row's positions are consecutive
+        and below the cache length, which the caller keeps to (checking it would cost a device sync).
+        `kv_len` (eager decoding) tells the cached forward that no position is at or above it, so attention reads
+        only the first `kv_len` cache positions; without it every step reads the whole cache (one shape for
+        every step, as a compiled step needs).
+        `logits_at` [B] computes the logits of one position per row only (index into T): logits [B, 1, vocab].
+        MTP logits come from the full forward only."""
         cfg = self.cfg
         b, t = idx.shape
-        pos = 0 if start_pos is None else start_pos
-        if pos + t > cfg.max_seq_len:
-            raise UserError(f"sequence of {pos + t} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
-        if start_pos is not None and not bypass_noncausal and not self.is_causal:
-            raise UserError("this model has bidirectional wavefield layers: incremental decoding needs "
-                            "bypass_noncausal=True")
-        if start_pos is not None and self.id_cache is None:
-            raise RuntimeError("caches not set up: call model.setup_cache(batch_size) before start_pos decoding")
-        rope = (self.rope_cos[pos:pos + t], self.rope_sin[pos:pos + t])
-        hash_idx = self._hash_indices(idx, start_pos) if cfg.engram_layers else None
+        at = None
+        if input_pos is None:
+            if t > cfg.max_seq_len:
+                raise UserError(f"sequence of {t} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
+            rope = (self.rope_cos[:t], self.rope_sin[:t])
+        else:
+            if not bypass_noncausal and not self.is_causal:
+                raise UserError("this model has bidirectional wavefield layers: a cached forward needs "
+                                "bypass_noncausal=True")
+            if self.cache_positions is None:
+                raise RuntimeError("caches not set up: call model.setup_cache(batch_size) before a cached forward")
+            pos = input_pos.expand(b, t)
+            at = Positions.make(pos, self.cache_positions[:kv_len], self.tok_embed.weight.dtype)
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        hash_idx = self._hash_indices(idx, at) if cfg.engram_layers else None
         streams = expand_streams(self.tok_embed(idx), cfg.mhc_streams)
         exit_probs: list[torch.Tensor] = []
         if cfg.loop_count:
             for block in self.local_before:
-                streams = block(streams, rope, hash_idx, start_pos, bypass_noncausal)
+                streams = block(streams, rope, hash_idx, at, bypass_noncausal)
             state = None
             for i in range(cfg.loop_count):
-                streams, state, exit_p = self.shared_loop(streams, state, i, start_pos)
+                streams, state, exit_p = self.shared_loop(streams, state, i, at)
                 exit_probs.append(exit_p)
             for block in self.local_after:
-                streams = block(streams, rope, hash_idx, start_pos, bypass_noncausal)
+                streams = block(streams, rope, hash_idx, at, bypass_noncausal)
         else:
             for block in self.blocks:
-                streams = block(streams, rope, hash_idx, start_pos, bypass_noncausal)
-        h = self.norm_final(collapse_streams(streams))
-        logits = F.linear(h, self.tok_embed.weight.to(h.dtype))
-        mtp_logits = self.mtp(h) if self.mtp is not None and start_pos is None else []
+                streams = block(streams, rope, hash_idx, at, bypass_noncausal)
+        h = collapse_streams(streams)
+        if logits_at is not None:
+            h = h.gather(1, logits_at.view(b, 1, 1).expand(b, 1, h.shape[-1]))
+        h = self.norm_final(h)
+        head = self.tok_embed.weight
+        logits = F.linear(h, head if head.dtype == h.dtype else head.to(h.dtype))
+        mtp_logits = self.mtp(h) if self.mtp is not None and at is None and logits_at is None else []
         return ModelOutput(logits=logits, mtp_logits=mtp_logits, exit_probs=exit_probs)

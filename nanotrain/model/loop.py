@@ -22,6 +22,7 @@ from torch import nn
 
 from nanotrain.config import ModelConfig
 from nanotrain.model.attention import Attention, KVCache
+from nanotrain.model.cache import Positions
 from nanotrain.model.mhc import MHCLite, Streams
 from nanotrain.model.mlp import SwiGLU
 from nanotrain.model.norm import RMSNorm
@@ -59,10 +60,10 @@ class SharedLoopBlock(nn.Module):
         self.kv_caches = nn.ModuleList(KVCache() for _ in range(cfg.loop_count))
 
     def forward(self, streams: Streams, state: torch.Tensor | None, iteration: int,
-                start_pos: int | None = None) -> tuple[Streams, torch.Tensor, torch.Tensor]:
+                at: Positions | None = None) -> tuple[Streams, torch.Tensor, torch.Tensor]:
         """One iteration: returns (streams, new global state, exit probability)."""
         normed = self.norm_attn(self.mhc_attn.prepare(streams))
-        a = self.attn(normed, None, start_pos, self.kv_caches[iteration])
+        a = self.attn(normed, None, at, self.kv_caches[iteration])
         if state is not None:
             g = torch.sigmoid(self.g_qk(normed))
             a = g * a + (1 - g) * state

@@ -33,9 +33,10 @@ Two forms of the same arithmetic, `MHCLite.form` (a test checks value and gradie
 tests run the form compiled GPU training uses) and "plain" otherwise (eager, and compiled decoding).
 `set_mhc_form(model, form)` sets it for a whole model.
 
-The 0-dim gains come from the parameters through ~18 tiny ops per sub-layer (sigmoids, sums, differences). In
-eager code without autograd (evaluation, sampling) they are computed once and reused until a parameter changes,
-so a decoding step of the full-scale model dispatches ~1,050 ops instead of ~1,770 (the reference GPT: 686).
+The 0-dim gains come from the parameters through ~18 tiny ops per sub-layer (sigmoids, sums, differences). Inside
+`frozen_gains(model)` (what the inference engine runs its eager decode steps in) they are computed once on entry
+and reused by every call: the same values, so the same outputs bit for bit, and ~18 fewer kernel launches per
+sub-layer and step. Compiled code computes them in its graph, where they fuse.
 
 Initialisation (`mhc_init`):
 - "seed": the original, fully symmetric init (alpha_logit 0, pre/post logits 0, biases 0.5). Both streams stay
@@ -57,8 +58,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from nanotrain.flat import FlatMirror
-from nanotrain.model.stamp import weights_stamp
 
 MIX_CLAMP = 3.0
 SINKHORN_ITERS = 20
@@ -144,7 +147,7 @@ class MHCLite(nn.Module):
             raise ValueError(f"mhc_init must be 'broken' or 'seed', got {init!r}")
         self.n_streams = n_streams
         self.form = "auto"
-        self._scalar_cache: dict[str, tuple[tuple, tuple]] = {}
+        self._frozen: tuple[torch.dtype, dict[str, tuple]] | None = None  # set by `frozen_gains`
         if n_streams == 1:
             return
         spread = 0.5 if init == "broken" else 0.0
@@ -203,24 +206,12 @@ class MHCLite(nn.Module):
                 tuple(row.unbind(0) for row in mix))
 
     def _scalars(self, which: str, dtype: torch.dtype) -> tuple:
-        """`_read_weights` ("read") or `_write_terms` ("write") in `dtype`. Without autograd and outside
-        torch.compile (evaluation, sampling) they are computed once and reused until a parameter changes (its
-        version, storage or identity), which saves ~18 tiny kernels per sub-layer and decoding step: the
-        same values, so the same outputs bit for bit. With autograd they are recomputed every call (the
-        backward needs their graph), and under compile they stay in the traced graph."""
-        compute = self._read_weights if which == "read" else self._write_terms
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return compute(dtype)
-        stamp = weights_stamp(self._parameters.values())
-        if stamp is None:
-            return compute(dtype)
-        key = (dtype, stamp)
-        hit = self._scalar_cache.get(which)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        value = compute(dtype)
-        self._scalar_cache[which] = (key, value)
-        return value
+        """`_read_weights` ("read") or `_write_terms` ("write") in `dtype`: computed by this call, or the values
+        computed on entry to `frozen_gains` (outside torch.compile)."""
+        frozen = self._frozen
+        if frozen is not None and frozen[0] == dtype and not torch.compiler.is_compiling():
+            return frozen[1][which]
+        return self._read_weights(dtype) if which == "read" else self._write_terms(dtype)
 
     def _weighted_sum(self, weights: tuple[torch.Tensor, ...], streams: Streams) -> torch.Tensor:
         """sum_i weights[i] * streams[i] with 0-dim weights, per row or plain as the form says."""
@@ -239,6 +230,21 @@ class MHCLite(nn.Module):
         if self.n_streams == 1:
             return None
         return self.alpha_logit if self.n_streams == 2 else self.mix_logits
+
+
+@contextmanager
+def frozen_gains(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Compute every mHC module's gains once (in `dtype`, without autograd) and reuse them until the block ends.
+    The weights must not change inside the block: the gains would not follow them."""
+    modules = [m for m in model.modules() if isinstance(m, MHCLite) and m.n_streams > 1]
+    with torch.no_grad():
+        for m in modules:
+            m._frozen = (dtype, {"read": m._read_weights(dtype), "write": m._write_terms(dtype)})
+    try:
+        yield
+    finally:
+        for m in modules:
+            m._frozen = None
 
 
 @torch.no_grad()

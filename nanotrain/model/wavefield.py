@@ -13,8 +13,8 @@ Modes (`wavefield_mode`):
 - "bidirectional": the faithful layer above. Token t mixes with tokens up to ~260 positions ahead (S M S^T is
   symmetric), so a model with such a layer is not causal (`GPT.is_causal` is False) and cannot use a KV cache.
 - "causal" (spec §3.6.1): same parameters, same operator restricted to the past. Per head A_h = S M_h S^T
-  [T x T] with M_h = IHaar diag(c_h) Haar, masked to j <= t, then heads coupled and gated as above. Decoding
-  keeps the scattered per-head values s_j in a cache and computes row t of A only.
+  [T x T] with M_h = IHaar diag(c_h) Haar, masked to j <= t, then heads coupled and gated as above. A cached
+  forward keeps the scattered per-head values s_j in a cache and computes only the rows of its own positions.
 Physics parameters `omega`, `alpha_raw`, `phi` exist for checkpoint compatibility with the seed and are unused
 (the seed's "haar_direct" path never reads them). `coupling_logits` and `kernel_haar_coeffs` are used.
 `wavefield_physics_parameters(model)` lists all five, for the trainer's warmup delay (seed-spec §3.3).
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nanotrain.config import ModelConfig
+from nanotrain.model.cache import Positions, write_at
 from nanotrain.model.quant import make_linear
 
 PHYSICS_PARAM_NAMES = ("omega", "alpha_raw", "phi", "coupling_logits", "kernel_haar_coeffs")
@@ -119,20 +120,21 @@ class WavefieldAttention(nn.Module):
         return torch.softmax(self.coupling_logits, dim=-1)
 
     def mixing_matrices(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Per-head token mixing A_h[t, j] = (S M_h S^T)[t, j] for query positions q_pos, key positions k_pos.
+        """Per-head token mixing A_h[t, j] = (S M_h S^T)[t, j] for query positions q_pos ([T], or [B, T] per row:
+        then [B, H, T, K]) and key positions k_pos [K].
 
         Built in fp32 even under autocast: it sums up to 2^J field cells per entry."""
         with torch.autocast(device_type=q_pos.device.type, enabled=False):
             left = self.scatter_s[q_pos] @ self.haar_inv_m
             right = self.scatter_s[k_pos] @ self.haar_m.T
-            return torch.einsum("qf,hf,kf->hqk", left, self.kernel_haar_coeffs.float(), right)
+            return torch.einsum("...qf,hf,kf->...hqk", left, self.kernel_haar_coeffs.float(), right)
 
-    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        """x [B, T, dim] (normed) -> [B, T, dim]. `start_pos` (causal mode only) decodes from the value cache."""
+    def forward(self, x: torch.Tensor, at: Positions | None = None) -> torch.Tensor:
+        """x [B, T, dim] (normed) -> [B, T, dim]. `at` (causal mode only): a cached forward through the value cache."""
         b, t, dim = x.shape
         s = self.scatter(x).view(b, t, self.n_heads, self.head_dim)
         if self.causal:
-            y = self._causal_mix(s, start_pos)
+            y = self._causal_mix(s, at)
         else:
             y = self._field_mix(s)
         y = y.reshape(b, t, dim) * torch.sigmoid(self.gate(x))
@@ -148,20 +150,19 @@ class WavefieldAttention(nn.Module):
         coupled = torch.einsum("hg,bgdf->bhdf", self.coupling().to(filtered.dtype), filtered)
         return torch.einsum("tf,bhdf->bthd", scat, coupled)
 
-    def _causal_mix(self, s: torch.Tensor, start_pos: int | None) -> torch.Tensor:
-        """Spec §3.6.1: the same operator with A_h masked to j <= t; keys come from the cache when decoding."""
+    def _causal_mix(self, s: torch.Tensor, at: Positions | None) -> torch.Tensor:
+        """The same operator with A_h masked to j <= t; with `at`, keys come from the cache, rows at their positions."""
         b, t = s.shape[:2]
-        p = 0 if start_pos is None else start_pos
-        if start_pos is not None:
+        if at is None:
+            pos = torch.arange(t, device=s.device)
+            mix = self.mixing_matrices(pos, pos) * (pos[None, None, :] <= pos[None, :, None])
+            mixed = torch.einsum("hqk,bkhd->bqhd", mix.to(s.dtype), s)
+        else:
             if self.value_cache is None:
                 raise RuntimeError("wavefield cache not set up: call model.setup_cache(batch_size) first")
-            self.value_cache[:b, p:p + t] = s
-            s_keys = self.value_cache[:b, : p + t].to(s.dtype)
-        else:
-            s_keys = s
-        q_pos = torch.arange(p, p + t, device=s.device)
-        k_pos = torch.arange(p + t, device=s.device)
-        mix = self.mixing_matrices(q_pos, k_pos)
-        mix = mix * (k_pos[None, None, :] <= q_pos[None, :, None])
-        mixed = torch.einsum("hqk,bkhd->bqhd", mix.to(s.dtype), s_keys)
+            write_at(self.value_cache, 1, at, s)
+            keys = self.value_cache[:b, :at.length].to(s.dtype)
+            k_pos = torch.arange(at.length, device=s.device)
+            mix = self.mixing_matrices(at.pos, k_pos) * at.keep  # [B, H, T, L]
+            mixed = torch.einsum("bhqk,bkhd->bqhd", mix.to(s.dtype), keys)
         return torch.einsum("hg,bqgd->bqhd", self.coupling().to(mixed.dtype), mixed)

@@ -21,7 +21,7 @@ MODEL = {"params", "param_counts", "causal", "inference_mode", "noncausal_layers
 HELDOUT = {"split", "ce", "bpb", "ppl", "entropy", "n_tokens", "seq_len", "inference_mode", "train_mode_ce",
            "train_mode_gap", "dataset"}
 GENERATION = {"n_samples", "valid_rate", "bracket_balance", "error_density", "distinct_3", "compile_rate",
-              "tok_per_s", "n_tokens", "seconds", "finish", "prompts", "samples_per_prompt", "use_kv_cache",
+              "tok_per_s", "n_tokens", "seconds", "finish", "prompts", "samples_per_prompt", "decode",
               "metrics", "sampling"}
 SAMPLING = {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed"}
 SAMPLE = {"prompt", "text", "finish", "n_tokens", "prompt_truncated", "valid", "bracket_balance", "error_density",

@@ -191,11 +191,11 @@ LOGITS_ATOL = 1e-4  # fp32 forward of fixed weights: CPUs differ by ~1e-6; any c
 
 def pin_checkpoint(folder: Path) -> dict[str, Any]:
     """What a loaded checkpoint must keep producing: logits statistics on a fixed input, the argmax at every
-    position, the MTP logits' sum, and a greedy completion (through nanoeval.load and the KV-cached sampler)."""
+    position, the MTP logits' sum, and a greedy completion (through nanoeval.load and the inference engine)."""
     import torch
 
     from nanoeval.load import load
-    from nanoeval.sample import SamplingConfig, generate
+    from nanoeval.engine import Engine, SamplingConfig
 
     with one_thread():
         loaded = load(folder)
@@ -203,8 +203,8 @@ def pin_checkpoint(folder: Path) -> dict[str, Any]:
         with torch.inference_mode():
             out = loaded.model(torch.tensor([ids]))
         logits = out.logits[0].double()
-        greedy = generate(loaded.model, loaded.tokenizer, [GREEDY_PROMPT],
-                          SamplingConfig(max_new_tokens=GREEDY_TOKENS, temperature=0.0))
+        greedy = Engine(loaded.model, loaded.tokenizer).generate(
+            [GREEDY_PROMPT], SamplingConfig(max_new_tokens=GREEDY_TOKENS, temperature=0.0))
     return {
         "format_version": loaded.config_json["format_version"],
         "recipe": loaded.recipe,

@@ -6,6 +6,7 @@ import torch
 
 from nanotrain.config import ModelConfig
 from nanotrain.model.attention import Attention, KVCache, apply_rope, rope_tables
+from nanotrain.model.cache import Positions
 from nanotrain.model.mlp import SwiGLU, ffn_hidden_dim
 from nanotrain.model.norm import RMSNorm
 
@@ -44,8 +45,14 @@ def test_gqa_maps_query_head_h_to_kv_head_h_div_group_with_a_causal_mask():
     torch.testing.assert_close(attn(x, rope), expected, atol=1e-5, rtol=1e-4)
     cache = KVCache()
     cache.setup(2, 2, 16, 8, torch.device("cpu"), torch.float32)
-    step = torch.cat([attn(x[:, :4], rope=(cos[:4], sin[:4]), start_pos=0, cache=cache),
-                      attn(x[:, 4:], rope=(cos[4:6], sin[4:6]), start_pos=4, cache=cache)], dim=1)
+    keys = torch.arange(16)
+
+    def cached(part: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        pos = pos.expand(2, -1)
+        at = Positions.make(pos, keys, torch.float32)
+        return attn(part, (cos[pos][:, None], sin[pos][:, None]), at, cache)
+
+    step = torch.cat([cached(x[:, :4], torch.arange(4)), cached(x[:, 4:], torch.arange(4, 6))], dim=1)
     torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-4)
 
 

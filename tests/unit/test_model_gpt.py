@@ -138,10 +138,26 @@ def test_causality_check_flags_the_bidirectional_wavefield():
 def _decode(model: GPT, idx: torch.Tensor, prefill: int, chunk: int, **kw) -> torch.Tensor:
     """Prefill `prefill` tokens, then feed the rest `chunk` tokens at a time through the caches."""
     model.setup_cache(idx.shape[0], max_len=64)
-    parts = [model(idx[:, :prefill], start_pos=0, **kw).logits]
+    parts = [model(idx[:, :prefill], torch.arange(prefill), **kw).logits]
     for pos in range(prefill, idx.shape[1], chunk):
-        parts.append(model(idx[:, pos:pos + chunk], start_pos=pos, **kw).logits)
+        part = idx[:, pos:pos + chunk]
+        parts.append(model(part, torch.arange(pos, pos + part.shape[1]), **kw).logits)
     return torch.cat(parts, dim=1)
+
+
+def _decode_staggered(model: GPT, idx: torch.Tensor, starts: list[int], steps: int) -> torch.Tensor:
+    """Row b prefilled with its first starts[b] tokens (one right-padded call), then fed one token per step at its
+    own position: logits [B, steps, V] of positions starts[b] .. starts[b] + steps - 1."""
+    b = idx.shape[0]
+    model.setup_cache(b, max_len=64)
+    width = max(starts)
+    model(idx[:, :width], torch.arange(width))  # positions past a row's start hold tokens it overwrites
+    pos = torch.tensor(starts)[:, None]
+    out = []
+    for i in range(steps):
+        out.append(model(idx.gather(1, pos), pos, kv_len=width + i + 1).logits[:, 0])
+        pos = pos + 1
+    return torch.stack(out, dim=1)
 
 
 @pytest.mark.parametrize("name", sorted(CAUSAL))
@@ -153,11 +169,17 @@ def test_kv_cached_decoding_equals_full_forward(name):
         full = model(idx).logits
         one_by_one = _decode(model, idx, prefill=12, chunk=1)
         chunks = _decode(model, idx, prefill=5, chunk=7)
+        staggered = _decode_staggered(model, idx, starts=[3, 11], steps=15)
+        last = model(idx[:, :20], torch.arange(20), logits_at=torch.tensor([19, 7])).logits
     assert (one_by_one - full).abs().max() <= 1e-5
     assert (chunks - full).abs().max() <= 1e-5
+    assert (staggered[0] - full[0, 3:18]).abs().max() <= 1e-5
+    assert (staggered[1] - full[1, 11:26]).abs().max() <= 1e-5
+    assert last.shape == (2, 1, cfg.vocab_size)
+    assert (last[:, 0] - full[[0, 1], [19, 7]]).abs().max() <= 1e-5
     model.clear_cache()
     with pytest.raises(RuntimeError, match="setup_cache"):
-        model(idx[:, :1], start_pos=0)
+        model(idx[:, :1], torch.tensor([0]))
 
 
 def test_bypassed_bidirectional_model_decodes_like_its_bypassed_forward():
@@ -166,7 +188,7 @@ def test_bypassed_bidirectional_model_decodes_like_its_bypassed_forward():
     with torch.no_grad():
         with pytest.raises(UserError, match="bypass_noncausal"):
             model.setup_cache(1, 64)
-            model(idx, start_pos=0)
+            model(idx, torch.arange(idx.shape[1]))
         full = model(idx, bypass_noncausal=True).logits
         cached = _decode(model, idx, prefill=8, chunk=1, bypass_noncausal=True)
     assert (cached - full).abs().max() <= 1e-5

@@ -30,7 +30,7 @@ def test_structure_shares_one_block_and_keeps_a_kv_cache_per_iteration():
     out = model(idx)
     assert len(out.exit_probs) == 3 and all(0 < p.item() < 1 for p in out.exit_probs)
     model.setup_cache(2, 32)
-    model(idx[:, :5], start_pos=0)
+    model(idx[:, :5], torch.arange(5))
     k = [c.k[:, :, :5] for c in model.shared_loop.kv_caches]
     assert not torch.equal(k[0], k[1]) and not torch.equal(k[1], k[2])
 

@@ -244,9 +244,11 @@ def test_compiled_training_step_matches_eager_in_loss_and_gradients():
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_gains_are_reused_without_autograd_until_a_parameter_changes(n):
-    """Without autograd the 0-dim gains are computed once and reused; any change of a parameter (in place, by
-    `.data` assignment, by load_state_dict) computes them again, and with autograd they are never reused."""
+def test_frozen_gains_are_computed_once_and_give_the_same_outputs(n):
+    """Inside `frozen_gains` the 0-dim gains are computed on entry and reused by every call (same values, so the
+    same outputs bit for bit); outside it, and for another dtype, they are computed by each call."""
+    from nanotrain.model.mhc import frozen_gains
+
     torch.manual_seed(0)
     m = MHCLite(n)
     with torch.no_grad():
@@ -254,34 +256,15 @@ def test_gains_are_reused_without_autograd_until_a_parameter_changes(n):
             p.add_(torch.randn_like(p) * 0.3)
     streams = tuple(torch.randn(2, 5, 8, dtype=torch.float64) for _ in range(n))
     out = torch.randn(2, 5, 8, dtype=torch.float64)
-
-    def fresh(module):  # the same parameters, computed with autograd on (never cached)
-        twin = MHCLite(n)
-        twin.load_state_dict(module.state_dict())
-        return twin.prepare(streams), twin.apply(streams, out)
-
-    def check(module):
-        with torch.no_grad():
-            got = module.prepare(streams), module.apply(streams, out)
-        want = fresh(module)
-        assert torch.equal(got[0], want[0].detach())
-        assert all(torch.equal(a, b.detach()) for a, b in zip(got[1], want[1]))
-
     with torch.no_grad():
-        first = m._scalars("write", torch.float64)
-        assert m._scalars("write", torch.float64) is first                 # reused
-        assert m._scalars("write", torch.float32) is not first             # per dtype
-    check(m)
-    with torch.no_grad():
-        m.post_bias.add_(0.25)                                              # in place: a new version
-    check(m)
-    m.pre_bias.data = m.pre_bias.data * 1.5                                 # .data: new storage, same version
-    check(m)
-    twin = MHCLite(n)
-    twin.load_state_dict({k: v * 0.5 for k, v in m.state_dict().items()})
-    m.load_state_dict(twin.state_dict())                                    # copy_ into the parameters
-    check(m)
-    with torch.no_grad():
-        m.prepare(streams)
-    m.prepare(streams).sum().backward()                                     # autograd: computed, so gradients flow
+        want = m.prepare(streams), m.apply(streams, out)
+        assert m._scalars("write", torch.float64) is not m._scalars("write", torch.float64)  # computed per call
+        with frozen_gains(m, torch.float64):
+            first = m._scalars("write", torch.float64)
+            assert m._scalars("write", torch.float64) is first                 # reused
+            assert m._scalars("write", torch.float32) is not first             # another dtype: computed
+            got = m.prepare(streams), m.apply(streams, out)
+        assert m._frozen is None
+    assert torch.equal(got[0], want[0]) and all(torch.equal(a, b) for a, b in zip(got[1], want[1]))
+    m.prepare(streams).sum().backward()                                     # outside: gradients flow
     assert m.pre_logits.grad is not None and m.pre_bias.grad is not None
