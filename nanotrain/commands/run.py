@@ -312,6 +312,10 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
     say = print if info.is_main else (lambda *a, **k: None)
     _positive(args)
     _check_name(args.name)
+    if args.cuda_graphs and args.compile is False:
+        raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
+    if args.cuda_graphs:
+        check_cuda_graphs(info.device, info.world_size)  # before anything is read or written, not in the Trainer
     if args.threads:
         import torch
 
@@ -347,10 +351,6 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
                             f"{scale} in {', '.join(diff)}")
         model_cfg = saved_model
     _apply_overrides(args, train_cfg)
-    if args.cuda_graphs and args.compile is False:
-        raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
-    if args.cuda_graphs:
-        check_cuda_graphs(info.device, info.world_size)  # before the dataset is built, not in the Trainer
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
