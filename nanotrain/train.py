@@ -193,7 +193,8 @@ def step_memory_bytes(n_params: int, cfg: ModelConfig, local_batch: int, seq_len
     log-softmax and its gradient for the main and every MTP head (12 bytes per token and vocab entry each); and
     per layer the residual stream, attention and SwiGLU activations kept for the backward pass (6·dim + 3·hidden
     values per token, bf16 under autocast). Real steps use more (temporaries, allocator slack), so a batch refused
-    on this estimate cannot fit."""
+    on this estimate cannot fit. Measured on the tiny engram-v1 CPU step (6.4M params, vocab 512, T=256, bf16,
+    one thread): peak memory grew by 978 MiB at B=16 and 3470 MiB at B=64, where this estimate says 277 and 889."""
     tokens = local_batch * seq_len
     hidden = int(cfg.dim * cfg.ffn_mult)
     act = 2 if bf16 else 4
