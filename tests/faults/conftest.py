@@ -49,7 +49,8 @@ def tmpfs(tmp_path):
             pytest.skip("mounting a tmpfs needs root")
         mnt = tmp_path / f"tmpfs{len(mounted)}"
         mnt.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
         mounted.append(mnt)

@@ -117,8 +117,8 @@ def test_data_build_refuses_a_split_that_ends_up_empty(tmp_path):
 
 def test_disk_full_while_writing_the_score_report_is_one_line(engram, tmpfs):
     out = tmpfs("4k")
-    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0, "--max-new-tokens", 4,
-                                "--n-prompts", 2, "--out", out / "score.json")
+    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0,
+                                "--max-new-tokens", 4, "--out", out / "score.json")
     assert code == 2 and err.count("nanoeval: error: ") == 1 and "Traceback" not in err, err
     assert "No space left on device" in err.split("nanoeval: error: ")[1]
     assert list(out.iterdir()) == []

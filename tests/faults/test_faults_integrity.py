@@ -20,7 +20,7 @@ from nanotrain.errors import UserError
 
 from regression import spec
 
-from .conftest import step_dirs, train_rows
+from .conftest import step_dirs
 
 
 @pytest.fixture

@@ -127,8 +127,8 @@ def test_dataset_build_removes_temp_folders_of_dead_builds(tmp_path):
     src.mkdir()
     for name in ("sorting.rs", "lib.rs", "ffi.rs"):
         shutil.copy(spec.CORPUS / name, src / name)
-    code, _, err = spec.run_cli("nanotrain", "data", "build", "--src", src, "--out", tmp_path / "ds", "--vocab", 300,
-                                "--split", "100/0/0", "--workers", 1)
+    code, _, err = spec.run_cli("nanotrain", "data", "build", "--src", src, "--out", tmp_path / "ds",
+                                "--vocab", 300, "--split", "100/0/0", "--workers", 1)
     assert code == 0, err
     assert not dead.exists()
     assert alive.exists()  # PID 1 runs: a build in progress is never touched
@@ -212,5 +212,6 @@ def test_disk_full_while_building_a_dataset_is_one_line(tmpfs):
     code, _, err = spec.run_cli("nanotrain", "data", "build", "--src", spec.CORPUS, "--out", out / "ds", "--vocab",
                                 300, "--split", "100/0/0", "--workers", 1)
     assert code == 2 and err.count("nanotrain: error: ") == 1 and "Traceback" not in err, err
-    assert "No space left on device" in err.split("nanotrain: error: ")[1].splitlines()[0]  # after the progress bar
+    error = err.split("nanotrain: error: ")[1].splitlines()[0]  # it follows the progress bar on one line
+    assert "No space left on device" in error
     assert list(out.iterdir()) == []
