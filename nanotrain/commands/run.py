@@ -134,7 +134,8 @@ def _resolve_resume(args: argparse.Namespace, recipe: Any, out: Path, run_dir: P
                 say(f"--resume auto: skipping {', '.join(p.name for p in newer)} (incomplete or damaged)")
             return latest
         if folders:
-            raise UserError(f"--resume auto: {run_dir} holds checkpoint folders but none is complete and intact")
+            raise UserError(f"--resume auto: {run_dir} holds checkpoint folders but none is complete and intact "
+                            "(--resume FOLDER names what is wrong with one)")
     elif args.resume is not None:
         folder = Path(args.resume)
         ckpt.read_config(folder)
@@ -277,9 +278,9 @@ def _check_memory(model_cfg: Any, train_cfg: Any, info: Any) -> None:
         gib = 2**30
         raise UserError(
             f"--batch-size {train_cfg.batch_size}: one step needs at least {need / gib:.1f} GiB ({local} x "
-            f"{train_cfg.seq_len} tokens per process, vocab {model_cfg.vocab_size}, {n_params / 1e6:.1f}M "
-            "params), "
-            f"more than the {free / gib:.1f} GiB of {what}; lower --batch-size or --seq-len")
+            f"{train_cfg.seq_len} tokens per process, vocab {model_cfg.vocab_size}, "
+            f"{n_params / 1e6:.1f}M params), more than the {free / gib:.1f} GiB of {what}; lower --batch-size "
+            "or --seq-len")
 
 
 def _continue_command(recipe: str, scale: str, dataset: Path, out: Path, run_dir: Path, args: argparse.Namespace
