@@ -38,8 +38,11 @@ def build_dataset(
     workers: int | None = None,
     tokenizer_train_chars: int = TOKENIZER_TRAIN_CHARS,
     progress: bool = True,
+    allow_empty_splits: bool = False,
 ) -> dict:
     """Build a dataset folder at `out` from every .rs file under `sources`. Returns the meta dict.
+
+    A split given a non-zero share that receives no file is refused unless `allow_empty_splits`.
 
     Written into a temporary sibling and renamed into place, so `out` is never half-written; an existing `out`
     is replaced only with `force`.
@@ -81,9 +84,9 @@ def build_dataset(
     if not by_split["train"]:
         raise UserError("no file landed in the train split (too few files for --split)")
     for s, fraction in zip(corpus.SPLITS, fractions):
-        if fraction > 0 and not by_split[s]:
+        if fraction > 0 and not by_split[s] and not allow_empty_splits:
             raise UserError(f"--split {split}: no file landed in the {s} split ({len(files)} usable files); give "
-                            f"more files, or 0 for {s} to build without it")
+                            f"more files, 0 for {s} to build without it, or --allow-empty-split")
 
     # Train the tokenizer on the train split only, capped, in the same deterministic order.
     train_texts, n_chars = [], 0
