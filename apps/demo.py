@@ -6,8 +6,9 @@ aware validity, lexer-aware bracket balance). Checkpoints with a bidirectional (
 refused unless the user ticks the explicit bypass mode, and the panel then says so.
 
 Only checkpoints under the runs folder given at launch can be opened: any other path (`..`, absolute paths,
-symlinks that leave the folder) is refused with one clear line. Models are loaded once and kept in a small
-LRU cache; the Gradio queue caps concurrent generations so several users cannot exhaust memory.
+symlinks that leave the folder, a checkpoint whose files are symlinks leaving it) is refused with one clear line.
+Models are loaded once (checked against their manifest unless `--no-verify`) and kept in a small LRU cache;
+the Gradio queue caps concurrent generations so several users cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def _is_checkpoint(folder: Path) -> bool:
     return all((folder / name).is_file() for name in REQUIRED_FILES)
 
 
+def _file_outside(folder: Path, root: Path) -> str | None:
+    """The name of a file of the checkpoint `folder` that resolves outside `root` (a symlink leaving the runs
+    folder), or None when every file stays inside."""
+    for f in sorted(folder.iterdir()):
+        if not f.resolve().is_relative_to(root):
+            return f.name
+    return None
+
+
 def discover_checkpoints(runs_dir: Path) -> list[CheckpointEntry]:
     """Every complete `<run>/final` and `<run>/step_<N>` under `runs_dir` that stays inside it, newest first per run."""
     root = runs_dir.resolve()
@@ -72,7 +82,8 @@ def run_checkpoints(run_dir: Path, root: Path) -> list[CheckpointEntry]:
 
     return [CheckpointEntry(run_dir.name, f"{run_dir.name}/{folder.name}", folder, step if step >= 0 else None)
             for step, folder in checkpoint_dirs(run_dir)
-            if _is_checkpoint(folder) and folder.resolve().is_relative_to(root)]
+            if _is_checkpoint(folder) and folder.resolve().is_relative_to(root)
+            and _file_outside(folder, root) is None]
 
 
 def default_selection(entries: list[CheckpointEntry], n: int = 2) -> list[str]:
@@ -103,6 +114,10 @@ def resolve_checkpoint(runs_dir: Path, choice: str) -> Path:
     if not _is_checkpoint(real):
         raise UserError(f"checkpoint {text!r}: not a complete checkpoint folder (config.json, "
                         "model.safetensors, tokenizer.json)")
+    outside = _file_outside(real, root)
+    if outside is not None:
+        raise UserError(f"checkpoint {text!r}: its {outside} resolves outside the runs folder {runs_dir}; only "
+                        "files under it can be opened")
     return real
 
 
@@ -125,12 +140,14 @@ class CachedModel:
 
 
 class ModelCache:
-    """LRU cache of loaded checkpoints keyed by real path and weights mtime, so a rewritten checkpoint reloads."""
+    """LRU cache of loaded checkpoints keyed by real path and weights mtime, so a rewritten checkpoint reloads.
+    Each load checks the checkpoint against its manifest unless `verify` is False (`nanoeval app --no-verify`)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, verify: bool = True) -> None:
         if capacity < 1:
             raise UserError(f"--cache-size must be at least 1 (got {capacity})")
         self.capacity = capacity
+        self.verify = verify
         self._items: OrderedDict[tuple[str, float], CachedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -142,7 +159,7 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            entry = CachedModel(load(path))
+            entry = CachedModel(load(path, verify=self.verify))
             self._items[key] = entry
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
@@ -291,9 +308,9 @@ def _score(text: str, truncated: bool) -> dict[str, Any]:
 class DemoBackend:
     """Everything the page does, without the widgets: discovery, path checks, the model cache, streaming."""
 
-    def __init__(self, runs_dir: Path, cache_size: int = 4) -> None:
+    def __init__(self, runs_dir: Path, cache_size: int = 4, verify: bool = True) -> None:
         self.runs_dir = Path(runs_dir)
-        self.cache = ModelCache(cache_size)
+        self.cache = ModelCache(cache_size, verify)
 
     def checkpoints(self) -> list[CheckpointEntry]:
         return discover_checkpoints(self.runs_dir)
@@ -505,11 +522,12 @@ def metrics_view(runs_dir: Path, runs: list[str]) -> tuple[str, dict[str, pd.Dat
     return compare_markdown(runs_dir, runs), {name: curves[curves.metric == name] for name in CURVE_METRICS}
 
 
-def build_app(runs_dir: Path, *, cache_size: int = 4, concurrency: int = 2, max_queue: int = 32) -> gr.Blocks:
+def build_app(runs_dir: Path, *, cache_size: int = 4, concurrency: int = 2, max_queue: int = 32,
+              verify: bool = True) -> gr.Blocks:
     """The Blocks app: a Generate tab (side-by-side streaming) and a Metrics tab (compare table, curves)."""
     from nanoeval.prompts import SEED_PROMPTS
 
-    backend = DemoBackend(runs_dir, cache_size)
+    backend = DemoBackend(runs_dir, cache_size, verify)
     entries = backend.checkpoints()
 
     with gr.Blocks(title="nanolab — side-by-side Rust generation", analytics_enabled=False) as demo:
@@ -619,11 +637,12 @@ def _render(panels: list[Panel]) -> list[Any]:
 
 
 def launch(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 7860, cache_size: int = 4,
-           concurrency: int = 2, max_queue: int = 32, block: bool = True) -> gr.Blocks:
+           concurrency: int = 2, max_queue: int = 32, block: bool = True, verify: bool = True) -> gr.Blocks:
     """Build and serve the app on host:port (127.0.0.1 by default: not exposed unless asked)."""
     if not Path(runs_dir).is_dir():
         raise UserError(f"--runs {runs_dir}: no such folder")
-    demo = build_app(Path(runs_dir), cache_size=cache_size, concurrency=concurrency, max_queue=max_queue)
+    demo = build_app(Path(runs_dir), cache_size=cache_size, concurrency=concurrency, max_queue=max_queue,
+                     verify=verify)
     try:
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
                     show_error=True, quiet=False, footer_links=["api", "settings"])

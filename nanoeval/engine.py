@@ -63,17 +63,20 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from nanoeval.inputs import check_sampling_numbers
+
         object.__setattr__(self, "stop", tuple(self.stop))
+        check_sampling_numbers(self.temperature, self.top_p, self.repetition_penalty)
         if self.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise UserError(f"--temperature {self.temperature}: must be a finite number >= 0 (0 = greedy)")
+        if self.temperature < 0:
+            raise UserError(f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise UserError(f"--top-k {self.top_k}: must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1] (1 = off)")
-        if not 0 < self.repetition_penalty < float("inf"):
-            raise UserError(f"--repetition-penalty {self.repetition_penalty}: must be a finite number > 0 (1 = off)")
+        if self.repetition_penalty <= 0:
+            raise UserError(f"--repetition-penalty {self.repetition_penalty}: must be > 0 (1 = off)")
         if any(s == "" for s in self.stop):
             raise UserError("--stop: stop strings must not be empty")
 

@@ -45,8 +45,9 @@ class LoadedModel:
         return data if isinstance(data, dict) else {}
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint path or a run folder (its `final/`, else its newest checkpoint)."""
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A checkpoint folder from a checkpoint path or a run folder (its `final/`, else its newest checkpoint, which
+    with `verify` must match its manifest)."""
     from nanotrain.checkpoint import find_latest
 
     path = Path(path)
@@ -58,15 +59,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     if (path / "final" / "config.json").is_file():
         return path / "final"
-    latest = find_latest(path)
+    latest = find_latest(path, verify=verify)
     if latest is None:
         raise UserError(f"--ckpt {path}: not a checkpoint folder and holds no complete checkpoint (no config.json)")
     return Path(latest)
 
 
-def load(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+         verify: bool = True) -> LoadedModel:
     """Load a checkpoint (or a run folder's newest one) in eval mode, with the tokenizer saved next to it.
 
+    `verify` (the default; `--no-verify` turns it off) checks the weights, config and tokenizer against the
+    checkpoint's manifest.json first, so damaged or swapped files are refused naming the file.
     UserError for a missing/corrupt checkpoint and for a tokenizer with more tokens than the model's vocab_size
     (a smaller one is fine: the trainer allows a model vocab larger than the dataset's, and the sampler never
     picks ids the tokenizer lacks).
@@ -74,8 +78,8 @@ def load(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
     from nanotrain.checkpoint import load_checkpoint
     from nanotrain.data.tokenizer import load_tokenizer
 
-    folder = resolve_checkpoint(path)
-    ckpt = load_checkpoint(folder, device=device, dtype=dtype)
+    folder = resolve_checkpoint(path, verify=verify)
+    ckpt = load_checkpoint(folder, device=device, dtype=dtype, verify=verify)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     tok_vocab = tokenizer.get_vocab_size()
     if tok_vocab > ckpt.model_cfg.vocab_size:
@@ -94,3 +98,9 @@ def load(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
         folder=Path(ckpt.folder),
         config_json=dict(ckpt.config_json or {}),
     )
+
+
+def add_verify_flag(p: Any, what: str = "load checkpoints") -> None:
+    """`--no-verify` on a command that reads checkpoints (sets `args.verify`)."""
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help=f"{what} without checking their files against manifest.json (sizes and sha256)")

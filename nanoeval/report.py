@@ -277,17 +277,21 @@ def read_score_report(path: str | Path) -> dict:
     return report
 
 
-def compare_row(path: str | Path) -> dict:
-    """One comparison row from a score report, or from a checkpoint/run folder (with its score.json if any)."""
+def compare_row(path: str | Path, verify: bool = True) -> dict:
+    """One comparison row from a score report, or from a checkpoint/run folder (with its score.json if any).
+
+    `verify`: the checkpoint's config.json and metrics.json (what the row reads) must match its manifest."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such score report or checkpoint folder")
     if path.is_file():
         return _row_from_report(read_score_report(path), str(path))
     from nanoeval.load import resolve_checkpoint
-    from nanotrain.checkpoint import read_config
+    from nanotrain.checkpoint import CONFIG_FILE, METRICS_FILE, present, read_config, verify_manifest
 
-    folder = resolve_checkpoint(path)
+    folder = resolve_checkpoint(path, verify=verify)
+    if verify:
+        verify_manifest(folder, (CONFIG_FILE, *present(folder, METRICS_FILE)))
     for candidate in (folder / "score.json", folder.parent / "score.json"):
         if candidate.is_file():
             report = read_score_report(candidate)

@@ -3,7 +3,12 @@
 A checkpoint is a folder (`runs/<run>/step_<N>/` or `runs/<run>/final/`, ARCHITECTURE.md "Checkpoint folder"):
 `model.safetensors` (fp32 weights), `config.json` (format version, recipe, scale, model and train configs, step,
 creation time, torch version), `tokenizer.json` (copied from the dataset), `trainer_state.pt` (optimizer state,
-RNG states, data position, schedule and NaN-guard state; only what resuming needs) and `metrics.json`.
+RNG states, data position, schedule and NaN-guard state; only what resuming needs), `metrics.json`, and
+`manifest.json`, written last: the size and sha256 of every other file and the tokenizer's hash and vocab size.
+Loading checks the manifest (`verify_manifest`), so a flipped bit, a swapped tokenizer or a damaged trainer state
+is refused with the name of the file instead of evaluating or training on wrong bytes. Checkpoints written
+before the manifest existed have none and load unverified, silently: their files are still checked for shape,
+length and finite weights as before.
 Where the original (seed-spec §9) wrote files in place and kept a positional optimizer dump, every write here goes
 to a temporary sibling folder that is fsync'd and renamed into place, so a crash never leaves a half-written
 checkpoint under a real name.
@@ -32,6 +37,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE)
 CONFIG_KEYS = {"format_version", "recipe", "scale", "model", "train", "step", "created", "torch_version"}
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -100,6 +107,7 @@ def save_checkpoint(
     scale: str | None = None,
 ) -> Path:
     """Write a complete checkpoint to `folder` atomically (temp sibling, fsync, rename) and return its path."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -111,7 +119,12 @@ def save_checkpoint(
     old = None
     try:
         tmp.mkdir()
-        save_file(_unique_state(_unwrap(model)), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        try:
+            save_file(_unique_state(_unwrap(model)), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        except SafetensorError as e:  # its writer reports a full disk as "I/O error: ... (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            err = int(code.group(1)) if code else None
+            raise (OSError(err, os.strerror(err)) if err else OSError(str(e))) from None
         config = {
             "format_version": FORMAT_VERSION,
             "recipe": recipe,
@@ -128,6 +141,7 @@ def save_checkpoint(
             with open(tmp / STATE_FILE, "wb") as f:  # through a Python file, so a full disk surfaces as OSError
                 torch.save(trainer_state, f)
         (tmp / METRICS_FILE).write_text(dumps(metrics or {}) + "\n")
+        write_manifest(tmp)
         for f in tmp.iterdir():
             _fsync_file(f)
         _fsync_dir(tmp)
@@ -152,6 +166,66 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_manifest(folder: Path) -> dict[str, Any]:
+    """Write `folder/manifest.json`: format versions, each file's size and sha256, the tokenizer's hash and vocab
+    size. Called after every other file of the checkpoint is written, before the folder is renamed into place."""
+    from nanotrain.data.tokenizer import file_sha256, load_tokenizer
+
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "format_version": FORMAT_VERSION,
+        "files": files,
+        "tokenizer": {"sha256": files[TOKENIZER_FILE]["sha256"],
+                      "vocab_size": load_tokenizer(folder / TOKENIZER_FILE).get_vocab_size()},
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def verify_manifest(folder: str | Path, names: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """Check the files of a checkpoint against its manifest.json; UserError naming the first file that differs.
+
+    `names`: the files to check (each must be listed, present, and of the listed size and sha256); None = every
+    file the manifest lists. Files it does not list (a score.json written later) are never looked at. Returns the
+    manifest, or None for a checkpoint written before manifests existed (nothing to verify against).
+    """
+    from nanotrain.data.tokenizer import file_sha256
+
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest["manifest_version"] != MANIFEST_VERSION:
+            raise ValueError(f"manifest_version {manifest['manifest_version']!r}")
+        listed = {str(n): (int(e["size"]), str(e["sha256"])) for n, e in manifest["files"].items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: unreadable checkpoint manifest ({e}); --no-verify loads without it") from None
+    for name in sorted(listed) if names is None else names:
+        f = folder / name
+        if name not in listed:
+            raise UserError(f"{f}: not listed in {MANIFEST_FILE}; the checkpoint was changed after it was written")
+        if not f.is_file():
+            raise UserError(f"{f}: listed in {MANIFEST_FILE} but missing")
+        size, sha = listed[name]
+        actual = f.stat().st_size
+        if actual != size:
+            raise UserError(f"{f}: {actual} bytes, {MANIFEST_FILE} says {size}; the file was damaged or replaced "
+                            "after the checkpoint was written (--no-verify loads it anyway)")
+        if file_sha256(f) != sha:
+            raise UserError(f"{f}: content differs from {MANIFEST_FILE} (sha256 mismatch); the file was damaged "
+                            "or replaced after the checkpoint was written (--no-verify loads it anyway)")
+    return manifest
+
+
+def present(folder: Path, *names: str) -> tuple[str, ...]:
+    """The `names` that exist as files in `folder` (optional files a reader verifies only when they are there)."""
+    return tuple(n for n in names if (folder / n).is_file())
 
 
 def check_safetensors(path: Path) -> None:
@@ -213,8 +287,11 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LoadedCheckpoint:
-    """Rebuild the model from a checkpoint folder on `device` (weights cast to `dtype` if given), in eval mode."""
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                    verify: bool = True) -> LoadedCheckpoint:
+    """Rebuild the model from a checkpoint folder on `device` (weights cast to `dtype` if given), in eval mode.
+
+    `verify`: check the files it reads against the manifest first (`verify_manifest`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -222,6 +299,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
 
     folder = Path(folder)
     config = read_config(folder)
+    if verify:
+        verify_manifest(folder, REQUIRED_FILES + present(folder, METRICS_FILE))
     model_cfg = ModelConfig.from_dict(config["model"])
     train_cfg = TrainConfig.from_dict(config["train"])
     try:
@@ -300,15 +379,18 @@ def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, _, p in out]
 
 
-def find_latest(run_dir: str | Path) -> Path | None:
+def find_latest(run_dir: str | Path, verify: bool = True) -> Path | None:
     """The newest complete, resumable checkpoint in `run_dir` (files present and valid), or None.
 
-    A folder that fails validation (truncated weights, missing or truncated trainer state) is skipped, so a
-    crash during a save falls back to the previous checkpoint.
+    A folder that fails validation (truncated weights, missing or truncated trainer state, and with `verify`
+    files that differ from its manifest) is skipped, so a crash during a save falls back to the previous
+    checkpoint.
     """
     for _, folder in checkpoint_dirs(run_dir):
         try:
             read_config(folder)
+            if verify:
+                verify_manifest(folder)
         except UserError:
             continue
         if _is_whole_zip(folder / STATE_FILE):
@@ -325,6 +407,20 @@ def _is_whole_zip(path: Path) -> bool:
             return bool(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def remove_temp_folders(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary folders a killed save left in `run_dir` (`.tmp-*`); returns what was removed.
+
+    Only safe while holding the run folder's lock (`nanotrain.runlock.RunLock`): then no save is in flight."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = sorted(p for p in run_dir.iterdir()
+                   if p.name.startswith(_TMP_PREFIX) and p.is_dir() and not p.is_symlink())
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def prune_step_checkpoints(run_dir: str | Path, keep: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -21,12 +22,20 @@ def build_parser(prog: str, description: str, package: str) -> argparse.Argument
 
 
 def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse, dispatch to `args.func`, and turn user errors into one line on stderr and a non-zero exit."""
+    """Parse, dispatch to `args.func`, and turn user errors and a full disk (wherever it is met) into one line on
+    stderr and exit 2."""
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{parser.prog}: error: {where}cannot write ({e.strerror}); free some space and run it again",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

@@ -36,14 +36,21 @@ class DistInfo:
 
 
 def resolve_device(choice: str) -> torch.device:
-    """`cpu`, `cuda` (UserError without a GPU) or `auto` (cuda when available)."""
+    """`cpu`, `cuda`, `cuda:N` (UserError without that GPU) or `auto` (cuda when available)."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch")
-    if choice not in ("cpu", "cuda"):
-        raise UserError(f"--device {choice}: expected cpu, cuda or auto")
-    return torch.device(choice)
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise UserError(f"--device {choice}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = " (this torch is a CPU-only build)" if torch.version.cuda is None else ""
+        raise UserError(f"--device {choice}: no CUDA GPU is visible to torch{build}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {choice}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def init_distributed(device_choice: str = "auto") -> DistInfo:

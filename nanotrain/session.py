@@ -733,7 +733,7 @@ class Runner:
         if (run_dir / "final").is_dir() and rc == 0:
             rec["status"] = "finished"
             self.say(f"[{job.slot.label}] {job.name}: finished in {wall / 60:.1f} min (step {attempt['end_step']})")
-        elif interrupted or rc == 130:
+        elif interrupted or rc in (130, 143):  # stopped by SIGINT or SIGTERM, with a checkpoint
             rec["status"] = "interrupted"
             self.say(f"[{job.slot.label}] {job.name}: interrupted at step {attempt['end_step']}")
         elif rc == 0:

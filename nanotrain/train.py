@@ -73,6 +73,9 @@ class NanGuard:
         self.skipped_total = int(s.get("skipped_total", 0))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what `timeout`, schedulers and `docker stop` send
+
+
 @dataclass
 class TrainResult:
     """What `Trainer.fit` ended with: the step reached, whether the schedule is complete, the last checkpoint."""
@@ -83,6 +86,7 @@ class TrainResult:
     val: dict[str, float] | None
     reason: str  # "finished" | "steps" | "time" | "interrupted"
     history: list[dict[str, Any]] = field(default_factory=list)
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT or SIGTERM)
 
 
 ENTROPY_ROW_STRIDE = 4  # the training entropy metric reads rows 0, 4, 8, ... of each batch (see `objective`)
@@ -182,6 +186,44 @@ def flops_per_token(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> f
     return 6.0 * matmul_params(model) + 12.0 * cfg.n_layers * cfg.n_heads * hd * seq_len
 
 
+def step_memory_bytes(n_params: int, cfg: ModelConfig, local_batch: int, seq_len: int, bf16: bool) -> int:
+    """A lower bound on the memory one training step of one process needs, in bytes.
+
+    Counted: fp32 weights, gradients and one optimizer state per parameter (12 bytes each); the fp32 logits, their
+    log-softmax and its gradient for the main and every MTP head (12 bytes per token and vocab entry each); and
+    per layer the residual stream, attention and SwiGLU activations kept for the backward pass (6·dim + 3·hidden
+    values per token, bf16 under autocast). Real steps use more (temporaries, allocator slack), so a batch refused
+    on this estimate cannot fit. Measured on the tiny engram-v1 CPU step (6.4M params, vocab 512, T=256, bf16,
+    one thread): peak memory grew by 978 MiB at B=16 and 3470 MiB at B=64, where this estimate says 277 and 889."""
+    tokens = local_batch * seq_len
+    hidden = int(cfg.dim * cfg.ffn_mult)
+    act = 2 if bf16 else 4
+    logits = 12 * tokens * cfg.vocab_size * (1 + cfg.mtp_heads)
+    layers = cfg.n_layers * tokens * (6 * cfg.dim + 3 * hidden) * act
+    return 12 * n_params + logits + layers
+
+
+def available_memory(device: torch.device) -> tuple[int, str] | None:
+    """(bytes free for a new allocation, what that is) on `device`: the GPU's free memory, or the RAM the kernel
+    reports available (MemAvailable, capped by a cgroup memory limit); None when it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory on {torch.cuda.get_device_name(device)}"
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail, "available RAM"
+
+
 def gpu_peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -213,7 +255,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """One training run: `fit()` runs until the schedule ends, `max_steps` more steps, a time budget, or Ctrl-C.
+    """One training run: `fit()` runs until the schedule ends, `max_steps` more steps, a time budget, or Ctrl-C
+    (SIGINT) or SIGTERM, which both finish the step, checkpoint and stop.
 
     `train_cfg.batch_size` is the GLOBAL batch (rows per step across all ranks), so a run resumes exactly at any
     world size. `loss_hook(step, loss) -> loss` lets tests poison the loss of a given step (NaN guard).
@@ -296,6 +339,8 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model, model_cfg, train_cfg.seq_len)
         self.peak_flops = gpu_peak_flops(self.device)
         self._stop_requested = False
+        self._stop_signal: int | None = None
+        self._saving = False
         self._skipped_since_log = 0
         self._reset_guard_dev()
 
@@ -334,8 +379,25 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def save(self, name: str | None = None) -> Path:
-        """Write `step_<N>/` (or `name`) on rank 0, prune old step folders, and wait for all ranks."""
+        """Write `step_<N>/` (or `name`) on rank 0, prune old step folders, and wait for all ranks.
+
+        Weights that are not finite are never written (TrainingDiverged): a checkpoint must be loadable. A stop
+        signal that arrives while the files are written is ignored until they are (`_install_signals`)."""
         folder = self.run_dir / (name or f"step_{self.step}")
+        bad = [n for n, t in self.model.state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise TrainingDiverged(f"step {self.step}: weights hold non-finite values ({', '.join(bad[:3])}); "
+                                   f"not writing {folder}. Last good checkpoint: {ckpt.find_latest(self.run_dir)}")
+        self._saving = True
+        try:
+            self._write_checkpoint(folder, name)
+        finally:
+            self._saving = False
+        self.last_checkpoint = folder
+        return folder
+
+    def _write_checkpoint(self, folder: Path, name: str | None) -> None:
         if self.dist.is_main:
             metrics = {"train": self.last_train, "val": self.last_val}
             ckpt.save_checkpoint(folder, model=self.model, model_cfg=self.model_cfg, train_cfg=self.train_cfg,
@@ -344,8 +406,6 @@ class Trainer:
             if name is None:
                 ckpt.prune_step_checkpoints(self.run_dir, self.train_cfg.keep_last)
         barrier(self.dist)
-        self.last_checkpoint = folder
-        return folder
 
     def resume(self, folder: str | Path, trim_log: bool = True) -> None:
         """Restore weights, optimizer, step, RNG and schedule state from a checkpoint folder.
@@ -529,6 +589,8 @@ class Trainer:
         return row
 
     def _log_val(self, log_path: Path) -> dict[str, float] | None:
+        """Evaluate, log one val row, and stop the run (TrainingDiverged, before any checkpoint is written) when
+        the validation CE is not finite: the weights are damaged (a corrupt resume state) or diverged."""
         val = self.evaluate()
         if val is None:
             return None
@@ -537,6 +599,10 @@ class Trainer:
             with open(log_path, "a") as f:
                 f.write(json.dumps(_finite(self.last_val)) + "\n")
             self.echo(f"{self.step:>7d}  val CE {val['val_ce']:.4f}  bpb {val['val_bpb']:.4f}")
+        if not math.isfinite(val["val_ce"]):
+            raise TrainingDiverged(
+                f"step {self.step}: validation CE is {val['val_ce']}; stopping without writing a checkpoint. "
+                f"Last good checkpoint: {ckpt.find_latest(self.run_dir)}")
         return val
 
     # ----------------------------------------------------------------- the loop
@@ -552,12 +618,20 @@ class Trainer:
         if self.step >= cfg.total_steps:
             raise UserError(f"{self.run_dir}: already at step {self.step} of {cfg.total_steps}; "
                             "pass a larger --total-steps to extend the run")
-        history: list[dict[str, Any]] = []
-        acc = torch.zeros(6, device=self.device)
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress, desc=self.recipe,
                    unit="step", dynamic_ncols=True, leave=False)
         self.echo(f"{'Step':>7}  {'Loss':>8}  {'CE':>7}  {'LR':>9}  {'gnorm':>7}  {'tok/s':>9}")
-        old_handler = self._install_sigint()
+        old_handlers = self._install_signals()
+        try:
+            return self._fit(target, time_budget_s, log_path, bar)
+        finally:
+            for signum, old in old_handlers.items():
+                signal.signal(signum, old)
+
+    def _fit(self, target: int, time_budget_s: float | None, log_path: Path, bar: tqdm) -> TrainResult:
+        cfg = self.train_cfg
+        history: list[dict[str, Any]] = []
+        acc = torch.zeros(6, device=self.device)
         reason = "finished"
         t_start = t_log = time.time()
         steps_since_log = 0
@@ -599,8 +673,6 @@ class Trainer:
             else:
                 reason = "finished" if self.step >= cfg.total_steps else "steps"
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
             bar.close()
         if steps_since_log:
             history.append(self._log(acc, steps_since_log, time.time() - t_log, log_path, self._skipped_since_log))
@@ -614,19 +686,26 @@ class Trainer:
             folder = self.last_checkpoint
         else:
             folder = self.save()
-        return TrainResult(self.step, reason == "finished", folder, val, reason, history)
+        return TrainResult(self.step, reason == "finished", folder, val, reason, history, self._stop_signal)
 
-    def _install_sigint(self):
-        """First Ctrl-C: finish the current step, checkpoint and stop. Second Ctrl-C: the default behaviour."""
+    def _install_signals(self) -> dict[int, Any]:
+        """SIGINT (Ctrl-C) and SIGTERM: the first finishes the current step, checkpoints and stops; a second one
+        aborts at once (KeyboardInterrupt), except while a checkpoint is being written, where it is ignored until
+        the files are complete. Returns the previous handlers ({} off the main thread, where none can be set)."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
         def handler(signum, frame):  # noqa: ANN001 - signal handler signature
-            self._stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.echo("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            if self._stop_requested:
+                if self._saving:
+                    self.echo(f"{name}: a checkpoint is being written; it finishes first")
+                    return
+                raise KeyboardInterrupt
+            self._stop_requested, self._stop_signal = True, signum
+            self.echo(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
-        return signal.signal(signal.SIGINT, handler)
+        return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
 
     def _should_stop(self, t_start: float, budget: float | None, boundary: bool) -> bool:
         """Ctrl-C or time budget. On several ranks the decision is shared at log boundaries only, so every rank

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nanoeval.load import add_verify_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -24,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |logit change| counted as no leak")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
+    add_verify_flag(p)
     p.set_defaults(func=_run)
 
 
@@ -34,8 +37,10 @@ def _run(args) -> int:
     from nanoeval.causality import check_causality
     from nanoeval.load import load
     from nanoeval.report import write_json
+    from nanotrain.dist import resolve_device
 
-    loaded = load(args.ckpt, device=args.device, dtype=torch.float32)
+    args.device = str(resolve_device(args.device))
+    loaded = load(args.ckpt, device=args.device, dtype=torch.float32, verify=args.verify)
     result = check_causality(loaded.model, seq_len=args.seq_len, trials=args.trials, seed=args.seed,
                              inference_mode=args.inference_mode, tolerance=args.tolerance)
     data = {"checkpoint": str(loaded.folder), "recipe": loaded.recipe, **result.to_dict()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "error_density (ERROR+MISSING nodes per KB), bracket_balance ((), [], {} outside strings and "
             "comments), errors [{line, col, kind}] (1-based), first_error_line, distinct_3. A folder means "
             "every *.rs file below it; '-' reads stdin. Invalid UTF-8 is decoded with replacement characters "
-            "and flagged (\"utf8_replaced\": true). Exit status 0 unless an input is missing (2)."
+            "and flagged (\"utf8_replaced\": true). Exit status 0 unless an input is missing or not a regular "
+            "file (2)."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="Rust source files, folders of them, or - for stdin")
@@ -59,8 +61,22 @@ def _inputs(names: list[str]) -> list[str]:
         elif path.is_file():
             out.append(name)
         else:
-            raise UserError(f"no such file: {name}")
+            raise UserError(f"{_not_a_file(path)}: {name}")
     return out
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` (neither a folder nor a regular file) cannot be read as a source file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "broken symlink" if path.is_symlink() else "no such file"
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((k for test, k in kinds if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
 
 
 def _read(name: str) -> tuple[str, bool]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nanoeval.load import add_verify_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,13 +19,14 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="score report JSON files, checkpoint folders or run folders")
     p.add_argument("--md", type=Path, default=None, help="also write the table to this markdown file")
+    add_verify_flag(p, "read checkpoint folders (their config.json and metrics.json)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from nanoeval.report import compare_row, compare_table, write_text
 
-    table = compare_table([compare_row(p) for p in args.paths])
+    table = compare_table([compare_row(p, verify=args.verify) for p in args.paths])
     print(table, end="")
     if args.md is not None:
         write_text(args.md, table)

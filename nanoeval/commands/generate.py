@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanoeval.load import add_verify_flag
+
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """The sampling flags shared by `generate` and `score`."""
@@ -23,12 +25,18 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g.add_argument("--inference-mode", choices=("refuse", "bypass"), default="refuse",
                    help="for checkpoints with non-causal (bidirectional wavefield) layers: refuse (default) or "
                         "bypass those layers as the original's generator did")
-    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
+    add_verify_flag(p)
 
 
 def sampling_config(args):
+    """The sampling configuration of the flags (`SamplingConfig` checks the numbers), stop strings checked as
+    UTF-8 text."""
     from nanoeval.engine import SamplingConfig
+    from nanoeval.inputs import check_text
 
+    for s in args.stop:
+        check_text(s, "--stop")
     return SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
@@ -53,10 +61,14 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from nanoeval.engine import Engine
+    from nanoeval.inputs import check_text
     from nanoeval.load import load
+    from nanotrain.dist import resolve_device
 
+    check_text(args.prompt, "--prompt")
     config = sampling_config(args)
-    loaded = load(args.ckpt, device=args.device)
+    args.device = str(resolve_device(args.device))
+    loaded = load(args.ckpt, device=args.device, verify=args.verify)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

@@ -70,15 +70,17 @@ def _run(args) -> int:
     from nanoeval.prompts import resolve_prompts
     from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
     from nanoeval.engine import Engine
+    from nanotrain.dist import resolve_device
     from nanotrain.errors import UserError
 
     t0 = time.perf_counter()
     config = sampling_config(args)
+    args.device = str(resolve_device(args.device))
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
     if args.heldout_tokens < 0:
         raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
-    loaded = load(args.ckpt, device=args.device, dtype=torch.float32)
+    loaded = load(args.ckpt, device=args.device, dtype=torch.float32, verify=args.verify)
     engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size)
     need_data = args.heldout_tokens > 0 or args.prompts == "completions"
     dataset = resolve_dataset(args.data, loaded, need_data) if need_data else None

@@ -26,6 +26,8 @@ def register(sub) -> None:
     b.add_argument("--split", default="98/1/1", help="train/val/test proportions by file (default 98/1/1)")
     b.add_argument("--parse-filter", action=argparse.BooleanOptionalAction, default=True,
                    help="keep only files tree-sitter-rust parses without errors (default on)")
+    b.add_argument("--allow-empty-split", action="store_true",
+                   help="build even when a split given a share in --split receives no file (small corpora)")
     b.add_argument("--force", action="store_true", help="replace an existing --out")
     b.add_argument("--workers", type=int, default=None, help="processes for parsing (default: all cores)")
     b.set_defaults(func=_build)
@@ -48,7 +50,8 @@ def _build(args) -> int:
     from nanotrain.data.shards import build_dataset
 
     meta = build_dataset(args.src, args.out, vocab_size=args.vocab, seed=args.seed, split=args.split,
-                         parse_filter=args.parse_filter, force=args.force, workers=args.workers)
+                         parse_filter=args.parse_filter, force=args.force, workers=args.workers,
+                         allow_empty_splits=args.allow_empty_split)
     print(format_stats(meta, args.out))
     return 0
 

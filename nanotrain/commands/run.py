@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,9 @@ examples:
   torchrun --nproc_per_node 2 -m nanotrain run engram-v1   # one run across 2 processes (DDP)
 
 Checkpoints go to OUT/NAME/step_<N>/ every --ckpt-every steps and OUT/NAME/final/ at the end; one JSON line
-per log step goes to OUT/NAME/metrics.jsonl. Ctrl-C saves a checkpoint and exits; --resume auto continues it.
+per log step goes to OUT/NAME/metrics.jsonl. Ctrl-C or SIGTERM saves a checkpoint and exits (130 or 143);
+--resume auto continues it. One run at a time may write a run folder (a second one exits 2 naming the first's
+PID). Checkpoints are checked against their manifest.json before resuming (--no-verify skips that).
 --batch-size is the global batch (rows per step over all processes), so a run resumes at any world size.
 """
 
@@ -36,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model/schedule size: auto = full on a GPU, tiny on CPU (default: auto)")
     p.add_argument("--data", type=Path, help="dataset folder (default: the default dataset, built on first use)")
     p.add_argument("--out", type=Path, help="runs folder (default: $NANOLAB_RUNS or ./runs)")
-    p.add_argument("--name", help="run name, i.e. the folder under --out (default: the recipe name)")
+    p.add_argument("--name", help="run name, i.e. the folder under --out (default: the recipe name; no '/')")
     p.add_argument("--steps", type=int, help="stop after N steps in this invocation (the schedule is unchanged)")
     p.add_argument("--total-steps", type=int, help="schedule length; larger than a checkpoint's extends the run")
     p.add_argument("--batch-size", type=int, help="global batch size (rows per step, over all processes)")
@@ -58,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="never record CUDA graphs (plain --compile)")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="checkpoint folder to continue from, or 'auto' for the newest one of this run")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="resume from a checkpoint without checking its files against manifest.json")
     p.add_argument("--resume-lr", choices=["rewarm", "jump"],
                    help="when the schedule changes on resume: ramp from the checkpoint's LR (rewarm, default) "
                         "or jump straight to the new schedule's LR (the original's behaviour)")
@@ -94,25 +103,44 @@ def _positive(args: argparse.Namespace) -> None:
         v = getattr(args, flag)
         if v is not None and v <= 0:
             raise UserError(f"--{flag.replace('_', '-')} {v}: must be positive")
+    if args.time_budget is not None and not math.isfinite(args.time_budget):
+        raise UserError(f"--time-budget {args.time_budget}: must be a finite number of minutes")
     for flag in ("eval_every", "ckpt_every", "seed"):
         v = getattr(args, flag)
         if v is not None and v < 0:
             raise UserError(f"--{flag.replace('_', '-')} {v}: must not be negative")
 
 
-def _resolve_resume(args: argparse.Namespace, recipe: Any, out: Path, run_dir: Path) -> Path | None:
-    """The checkpoint this invocation continues from, or None for a fresh run; UserError on conflicts."""
+def _check_name(name: str | None) -> None:
+    """A run name is one folder name under --out: no path separator, not `.` or `..`."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or "\x00" in name or (os.altsep and os.altsep in name):
+        raise UserError(f"--name {name!r}: must be a plain folder name under --out (no '/', not '.' or '..')")
+
+
+def _resolve_resume(args: argparse.Namespace, recipe: Any, out: Path, run_dir: Path,
+                    say: Any = print) -> Path | None:
+    """The checkpoint this invocation continues from, or None for a fresh run; UserError on conflicts.
+    With `args.verify`, the checkpoint's files must match its manifest (auto skips one that does not)."""
     from nanotrain import checkpoint as ckpt
 
     if args.resume == "auto":
-        latest = ckpt.find_latest(run_dir)
+        latest = ckpt.find_latest(run_dir, verify=args.verify)
+        folders = [p for _, p in ckpt.checkpoint_dirs(run_dir)]
         if latest is not None:
+            newer = folders[:folders.index(latest)]
+            if newer:
+                say(f"--resume auto: skipping {', '.join(p.name for p in newer)} (incomplete or damaged)")
             return latest
-        if ckpt.checkpoint_dirs(run_dir):
-            raise UserError(f"--resume auto: {run_dir} holds checkpoint folders but none is complete")
+        if folders:
+            raise UserError(f"--resume auto: {run_dir} holds checkpoint folders but none is complete and intact "
+                            "(--resume FOLDER names what is wrong with one)")
     elif args.resume is not None:
         folder = Path(args.resume)
         ckpt.read_config(folder)
+        if args.verify:
+            ckpt.verify_manifest(folder)
         ckpt.load_trainer_state(folder)
         return folder
     else:
@@ -127,6 +155,8 @@ def _resolve_resume(args: argparse.Namespace, recipe: Any, out: Path, run_dir: P
             raise UserError(f"recipe {recipe.name} continues {source}, which does not exist: run "
                             f"`nanotrain run {recipe.resume_from}` first or pass --resume PATH")
         ckpt.read_config(source)
+        if args.verify:
+            ckpt.verify_manifest(source)
         ckpt.load_trainer_state(source)
         return source
     return None
@@ -188,8 +218,89 @@ def _auto_cuda_graphs(args: argparse.Namespace, train_cfg: Any, device_type: str
                   "--no-cuda-graphs turns them off)")
 
 
+def _lock_run(run_dir: Path, info: Any, stack: contextlib.ExitStack) -> None:
+    """Hold the run folder's lock (rank 0) for the rest of the run; every rank fails together if it is taken."""
+    from nanotrain.runlock import RunLock
+
+    error = None
+    if info.is_main:
+        try:
+            stack.enter_context(RunLock(run_dir))
+        except UserError as e:
+            error = e
+    if info.enabled:
+        import torch
+
+        from nanotrain.dist import all_reduce_
+
+        flag = all_reduce_(torch.tensor([int(error is not None)], device=info.device), info, "max")
+        if flag.item() and error is None:
+            error = UserError(f"{run_dir}: rank 0 could not lock the run folder")
+    if error is not None:
+        raise error
+
+
+def _start_clean(run_dir: Path, source: Path | None, say: Any) -> None:
+    """Under the run folder's lock: delete the temp folders of saves that never finished, and on a fresh start
+    the metrics.jsonl rows of an attempt that left no checkpoint (a resume trims rows past its step itself)."""
+    from nanotrain import checkpoint as ckpt
+
+    stale = ckpt.remove_temp_folders(run_dir)
+    if stale:
+        say(f"removed {len(stale)} unfinished checkpoint folder(s) of a stopped run: "
+            f"{', '.join(p.name for p in stale)}")
+    log = run_dir / "metrics.jsonl"
+    if source is None and log.is_file():
+        rows = len(log.read_text().splitlines())
+        log.unlink()
+        if rows:
+            say(f"fresh start: removed {rows} metrics.jsonl row(s) of an earlier attempt that saved no checkpoint")
+
+
+def _check_memory(model_cfg: Any, train_cfg: Any, info: Any) -> None:
+    """UserError when the lower-bound memory estimate of one step exceeds what the device has free."""
+    import torch
+
+    from nanotrain.model.gpt import GPT
+    from nanotrain.train import available_memory, step_memory_bytes
+
+    avail = available_memory(info.device)
+    if avail is None:
+        return
+    with torch.device("meta"):  # shapes only: the parameter count without allocating
+        n_params = sum(p.numel() for p in GPT(model_cfg).parameters())
+    local = train_cfg.batch_size // info.world_size
+    need = step_memory_bytes(n_params, model_cfg, local, train_cfg.seq_len, train_cfg.dtype == "bf16")
+    if info.device.type == "cpu":
+        need *= info.world_size  # the processes share the machine's RAM
+    free, what = avail
+    if need > free:
+        gib = 2**30
+        raise UserError(
+            f"--batch-size {train_cfg.batch_size}: one step needs at least {need / gib:.1f} GiB ({local} x "
+            f"{train_cfg.seq_len} tokens per process, vocab {model_cfg.vocab_size}, "
+            f"{n_params / 1e6:.1f}M params), more than the {free / gib:.1f} GiB of {what}; lower --batch-size "
+            "or --seq-len")
+
+
+def _continue_command(recipe: str, scale: str, dataset: Path, out: Path, run_dir: Path, args: argparse.Namespace
+                      ) -> str:
+    """The command line that continues this run: every flag that decides what it resumes and on what data."""
+    argv = ["nanotrain", "run", recipe, "--resume", "auto", "--scale", scale, "--data", str(dataset),
+            "--out", str(out), "--name", run_dir.name]
+    if args.device != "auto":
+        argv += ["--device", args.device]
+    return shlex.join(argv)
+
+
 def run(args: argparse.Namespace, info: Any) -> int:
-    """Resolve recipe, scale, data and resume point; train; print where the result is."""
+    """Resolve recipe, scale, data and resume point; train; print where the result is. The run folder is
+    locked for the whole invocation (`_lock_run`)."""
+    with contextlib.ExitStack() as stack:
+        return _run_locked(args, info, stack)
+
+
+def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack) -> int:
     import filecmp
 
     from nanotrain import checkpoint as ckpt
@@ -201,6 +312,11 @@ def run(args: argparse.Namespace, info: Any) -> int:
 
     say = print if info.is_main else (lambda *a, **k: None)
     _positive(args)
+    _check_name(args.name)
+    if args.cuda_graphs and args.compile is False:
+        raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
+    if args.cuda_graphs:
+        check_cuda_graphs(info.device, info.world_size)  # before anything is read or written, not in the Trainer
     if args.threads:
         import torch
 
@@ -208,7 +324,10 @@ def run(args: argparse.Namespace, info: Any) -> int:
     recipe = get_recipe(args.recipe)
     out = args.out or default_runs_dir()
     run_dir = out / (args.name or recipe.name)
-    source = _resolve_resume(args, recipe, out, run_dir)
+    _lock_run(run_dir, info, stack)
+    source = _resolve_resume(args, recipe, out, run_dir, say)
+    if info.is_main:
+        _start_clean(run_dir, source, say)
     if source is None and args.resume == "auto":
         say(f"--resume auto: no checkpoint in {run_dir}; starting a fresh run")
     saved = ckpt.read_config(source) if source is not None else None
@@ -233,10 +352,6 @@ def run(args: argparse.Namespace, info: Any) -> int:
                             f"{scale} in {', '.join(diff)}")
         model_cfg = saved_model
     _apply_overrides(args, train_cfg)
-    if args.cuda_graphs and args.compile is False:
-        raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
-    if args.cuda_graphs:
-        check_cuda_graphs(info.device, info.world_size)  # before the dataset is built, not in the Trainer
     why = _auto_compile(args, train_cfg, info.device.type, int(saved["step"]) if saved is not None else 0)
     if why:
         say(why)
@@ -245,6 +360,7 @@ def run(args: argparse.Namespace, info: Any) -> int:
         say(why)
     if train_cfg.seq_len > model_cfg.max_seq_len:
         raise UserError(f"--seq-len {train_cfg.seq_len}: longer than the model's max_seq_len {model_cfg.max_seq_len}")
+    _check_memory(model_cfg, train_cfg, info)
 
     if args.data is not None:
         dataset = Dataset(args.data)
@@ -282,7 +398,11 @@ def run(args: argparse.Namespace, info: Any) -> int:
     if result.finished:
         say(f"done: {result.checkpoint} (step {result.step}){val}")
         return 0
-    say(f"stopped at step {result.step} of {train_cfg.total_steps} ({result.reason}): {result.checkpoint}{val}; "
-        f"continue with: nanotrain run {recipe.name} --resume auto"
-        + (f" --name {args.name}" if args.name else "") + (f" --out {args.out}" if args.out else ""))
-    return 130 if result.reason == "interrupted" else 0
+    why = result.reason
+    if result.stop_signal is not None:
+        why = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
+    say(f"stopped at step {result.step} of {train_cfg.total_steps} ({why}): {result.checkpoint}{val}; "
+        f"continue with: {_continue_command(recipe.name, scale, dataset.folder, out, run_dir, args)}")
+    if result.reason != "interrupted":
+        return 0
+    return 128 + (result.stop_signal or signal.SIGINT)

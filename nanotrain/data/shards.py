@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,8 +38,11 @@ def build_dataset(
     workers: int | None = None,
     tokenizer_train_chars: int = TOKENIZER_TRAIN_CHARS,
     progress: bool = True,
+    allow_empty_splits: bool = False,
 ) -> dict:
     """Build a dataset folder at `out` from every .rs file under `sources`. Returns the meta dict.
+
+    A split given a non-zero share that receives no file is refused unless `allow_empty_splits`.
 
     Written into a temporary sibling and renamed into place, so `out` is never half-written; an existing `out`
     is replaced only with `force`.
@@ -79,6 +83,10 @@ def build_dataset(
         by_split[s].sort(key=lambda f: corpus.order_key(f.sha256, seed))
     if not by_split["train"]:
         raise UserError("no file landed in the train split (too few files for --split)")
+    for s, fraction in zip(corpus.SPLITS, fractions):
+        if fraction > 0 and not by_split[s] and not allow_empty_splits:
+            raise UserError(f"--split {split}: no file landed in the {s} split ({len(files)} usable files); give "
+                            f"more files, 0 for {s} to build without it, or --allow-empty-split")
 
     # Train the tokenizer on the train split only, capped, in the same deterministic order.
     train_texts, n_chars = [], 0
@@ -94,8 +102,13 @@ def build_dataset(
     timings["tokenizer_train"] = round(time.time() - t_tok, 2)
     if tok.get_vocab_size() > MAX_VOCAB:
         raise UserError(f"tokenizer vocab {tok.get_vocab_size()} does not fit uint16")
+    if tok.get_vocab_size() < vocab_size:
+        print(f"warning: the tokenizer has {tok.get_vocab_size()} tokens, fewer than --vocab {vocab_size}: the "
+              f"training text holds no more merges; this dataset fits only models with vocab_size "
+              f"{tok.get_vocab_size()}", file=sys.stderr)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -187,6 +200,26 @@ def build_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _remove_dead_temps(out: Path) -> None:
+    """Delete `.<out>.tmp-<pid>` / `.<out>.old-<pid>` folders of builds whose process no longer exists (killed
+    mid-build); a live build's folder is left alone."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or not p.is_dir() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _count_train_files(train: list[corpus.SourceFile], cap: int) -> int:

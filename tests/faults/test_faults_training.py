@@ -148,19 +148,9 @@ def test_disk_full_while_saving_keeps_previous_checkpoint_and_says_so(tmp_path, 
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
+def small_tmpfs(tmpfs):
     """A real 1.2 MB tmpfs (room for one micro checkpoint, not two); skipped unless we may mount (root)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)  # lazy: a failed test may still hold a file open
+    return tmpfs("1200k")
 
 
 def test_disk_full_on_a_real_tmpfs_keeps_previous_checkpoint_and_says_so(small_tmpfs, micro_run):
@@ -176,7 +166,10 @@ def test_resume_from_checkpoint_with_nan_weights_is_refused_and_writes_nothing(t
     weights = load_file(str(run / "step_2" / ckpt.MODEL_FILE))
     weights["norm_final.weight"][:] = float("nan")
     save_file(weights, str(run / "step_2" / ckpt.MODEL_FILE), metadata={"format": "pt"})
-    code, out, err = micro_run("--resume", "auto")
+    code, out, err = micro_run("--resume", run / "step_2", "--name", "other")
+    assert code == 2 and err.count("\n") == 1
+    assert "sha256 mismatch" in err and str(run / "step_2" / ckpt.MODEL_FILE) in err
+    code, out, err = micro_run("--resume", "auto", "--no-verify")  # past the manifest, the loader refuses NaN
     assert code == 2 and err.count("\n") == 1
     assert "non-finite" in err and str(run / "step_2") in err
     assert step_dirs(run) == ["step_2"]

@@ -50,7 +50,8 @@ def save(folder: Path, model, tokenizer_file: Path, step: int = 7, **kw) -> Path
 def test_round_trip_restores_weights_and_configs(tmp_path, model, tokenizer_file):
     folder = save(tmp_path / "run" / "step_7", model, tokenizer_file)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE])
+        [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE,
+         ckpt.MANIFEST_FILE])
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["step_7"]  # no temp folder left behind
     loaded = ckpt.load_checkpoint(folder)
     assert loaded.step == 7 and loaded.recipe == "engram-v1"
@@ -155,8 +156,10 @@ def test_unknown_config_keys(tmp_path, model, tokenizer_file):
 def test_weights_for_another_model_are_refused(tmp_path, model, tokenizer_file):
     folder = save(tmp_path / "final", model, tokenizer_file)
     _edit_config(folder, lambda c: c["model"].update(n_layers=3))
-    with pytest.raises(UserError, match="do not match the model config.*missing blocks.2"):
+    with pytest.raises(UserError, match="config.json: .* manifest.json says"):  # the edit is caught first
         ckpt.load_checkpoint(folder)
+    with pytest.raises(UserError, match="do not match the model config.*missing blocks.2"):
+        ckpt.load_checkpoint(folder, verify=False)
 
 
 def test_non_finite_weights_are_refused(tmp_path, model, tokenizer_file):

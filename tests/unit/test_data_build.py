@@ -93,6 +93,7 @@ def test_split_is_by_file_deterministic_and_independent_of_other_files(tmp_path,
     subset = tmp_path / "subset"
     shutil.copytree(FIXTURES / "collections", subset / "collections")
     shutil.copytree(FIXTURES / "parsing", subset / "parsing")
+    shutil.copytree(FIXTURES / "cli", subset / "cli")  # so that every split of 70/15/15 gets a file
     build_dataset([subset], tmp_path / "ds2", vocab_size=300, split="70/15/15", workers=1, progress=False)
     where = {r["sha256"]: r["split"] for r in rows}
     for r in _read_listing(tmp_path / "ds2"):

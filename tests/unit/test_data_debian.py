@@ -48,7 +48,7 @@ def test_default_dataset_is_built_once(monkeypatch, tmp_path):
     real_build = shards.build_dataset
     monkeypatch.setattr(shards, "build_dataset",
                         lambda src, out, **kw: real_build(src, out, vocab_size=300, split="80/10/10", workers=1,
-                                                          progress=False))
+                                                          progress=False, allow_empty_splits=True))
     path = default.ensure_default_dataset(progress=False)
     assert path == tmp_path / "data" / "datasets" / "rust-default"
     assert json.loads((path / "meta.json").read_text())["files_kept"] == len(list(FIXTURES.rglob("*.rs")))
