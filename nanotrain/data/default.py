@@ -20,7 +20,7 @@ def default_data_source(scale: str) -> tuple[str, bool, Path]:
 
 
 def ensure_default_dataset(path: str | Path | None = None, progress: bool = True, scale: str = "tiny") -> Path:
-    """Return the default dataset folder of `scale`, fetching its sources and building it first if it is missing."""
+    """The default dataset folder of `scale`, fetching its sources and building it first if it is missing."""
     from nanotrain.data.debian import fetch_debian
     from nanotrain.data.shards import build_dataset
 
@@ -41,5 +41,5 @@ def repeat_note(tokens_read: int, train_tokens: int, folder: Path) -> str | None
     """One line when a run reads more tokens than the train split holds (so it sees them more than once)."""
     if tokens_read <= train_tokens:
         return None
-    return (f"data: this run reads {tokens_read / 1e6:.1f}M training tokens, {tokens_read / train_tokens:.1f}x the "
-            f"{train_tokens / 1e6:.1f}M in {folder}'s train split, so it sees them more than once")
+    return (f"data: this run reads {tokens_read / 1e6:.1f}M training tokens, {tokens_read / train_tokens:.1f}x "
+            f"the {train_tokens / 1e6:.1f}M in {folder}'s train split, so it sees them more than once")

@@ -66,7 +66,7 @@ def test_missing_dataset(capsys, tmp_path):
 
 
 def test_full_scale_without_data_uses_the_full_corpus(capsys, tmp_path, monkeypatch):
-    """At full scale the default dataset is the full corpus; at tiny scale the quickstart set (not fetched here)."""
+    """At full scale the default dataset is the full corpus; at tiny scale the quickstart set (nothing fetched)."""
     from nanotrain.data import default
     from nanotrain.errors import UserError
 

@@ -57,7 +57,8 @@ def test_default_dataset_is_built_once(monkeypatch, tmp_path):
     assert calls == ["popular"]
 
 
-AVAILABLE = sorted([f"librust-{c}-dev" for c in debian.POPULAR_CRATES] + [f"librust-other{i}-dev" for i in range(40)])
+AVAILABLE = sorted([f"librust-{c}-dev" for c in debian.POPULAR_CRATES]
+                   + [f"librust-other{i}-dev" for i in range(40)])
 
 
 def test_popular_plus_n_adds_seeded_others_and_a_larger_n_only_adds(monkeypatch):
