@@ -341,8 +341,9 @@ def build_result(header: dict[str, Any], records: dict[str, dict], dataset_info:
     dev = header["device"]
     lines = []
     if s["scale"] != "full":
-        lines += [f"**Smoke run at {s['scale']} scale: it checks the script end to end; it measures nothing "
-                  "about the full-scale models.**", ""]
+        result["note"] = (f"Smoke run at {s['scale']} scale: it checks the script end to end; it measures nothing "
+                          "about the full-scale models.")
+        lines += [f"**{result['note']}**", ""]
     lines += [f"# Quality at equal tokens: {s['recipe']} vs the plain reference (AdamW), {s['scale']} scale", "",
               f"{header['date']} · {dev['name']} ({dev['type']}) · torch {header['torch']} · dataset "
               f"`{dataset_info['path']}` ({dataset_info['train_tokens'] / 1e6:.2f}M train / "

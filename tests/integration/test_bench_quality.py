@@ -100,7 +100,7 @@ def test_micro_run_trains_scores_and_writes_both_files(bq, fixture_dataset, smal
     assert files[0].stem.endswith("_cpu_quality_tiny")
     result = json.loads(files[0].read_text())
     md = files[1].read_text()
-    assert md.startswith("**Smoke run at tiny scale")
+    assert md.startswith("**Smoke run at tiny scale") and result["note"].startswith("Smoke run at tiny scale")
 
     steps = TEST_TRAIN["total_steps"]
     assert result["tokens"]["per_model"] == steps * TEST_TRAIN["batch_size"] * TEST_TRAIN["seq_len"]
