@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.nanolab-installed
 
-.PHONY: setup quickstart test test-all test-slow bench browser
+.PHONY: setup quickstart test test-all test-slow bench browser data-quality gpu-wheels
 
 setup: $(STAMP)
 
@@ -21,6 +21,20 @@ $(STAMP): pyproject.toml
 quickstart: setup
 	test -d runs/engram-v1/final || $(BIN)/nanotrain run engram-v1 --resume auto
 	$(BIN)/nanoeval score --ckpt runs/engram-v1/final --out runs/engram-v1/score.json
+
+# The dataset of benchmarks/bench_quality.py: the popular crates plus 400 others (seeded), 24.1M training tokens,
+# 49 MiB, so it travels with the code to a GPU machine. About 3-4 minutes on 2 cores; a second call does nothing.
+DATA    ?= $${NANOLAB_DATA:-data}
+data-quality: setup
+	test -f $(DATA)/datasets/rust-quality/meta.json || ( \
+	  $(BIN)/nanotrain data fetch-debian --out $(DATA)/sources/debian-quality --crates popular+400 --seed 0 && \
+	  $(BIN)/nanotrain data build --src $(DATA)/sources/debian-quality --out $(DATA)/datasets/rust-quality )
+
+# Wheels the GPU image lacks (its python3 is 3.12): tree-sitter for `nanoeval score`. Carry .whl to the machine.
+gpu-wheels: setup
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux1_x86_64 -d .whl tree-sitter==0.26.1 tree-sitter-rust==0.24.2
 
 # Fast tests (a few minutes on 2 cores). Slow tests: make test-slow.
 test: setup

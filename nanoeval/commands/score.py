@@ -26,8 +26,8 @@ def register(sub) -> None:
     add_sampling_args(p, max_new_tokens=128)
     p.add_argument("--batch-size", type=int, default=32, help="samples decoded together (default 32)")
     p.add_argument("--data", type=Path, default=None,
-                   help="dataset folder for held-out loss and completion prompts (default: the default dataset, "
-                        "if its tokenizer matches the checkpoint's)")
+                   help="dataset folder for held-out loss and completion prompts (default: the default dataset of "
+                        "the checkpoint's scale, if its tokenizer matches the checkpoint's)")
     p.add_argument("--heldout-tokens", type=int, default=32768,
                    help="held-out tokens to score (default 32768; 0 = skip held-out loss)")
     p.add_argument("--out", type=Path, default=None, help="report path (default <ckpt>/score.json)")
@@ -40,13 +40,14 @@ def register(sub) -> None:
 
 
 def resolve_dataset(data: Path | None, loaded, needed: bool):
-    """The dataset for held-out loss: --data, else the default dataset. Its tokenizer must be the checkpoint's."""
+    """The dataset for held-out loss: --data, else the default dataset of the checkpoint's scale (the one
+    `nanotrain run` trains on without --data). Its tokenizer must be the checkpoint's."""
     from nanotrain.data.shards import Dataset
     from nanotrain.data.tokenizer import file_sha256
     from nanotrain.errors import UserError
     from nanotrain.paths import default_dataset_dir
 
-    folder = data if data is not None else default_dataset_dir()
+    folder = data if data is not None else default_dataset_dir(loaded.config_json.get("scale") or "tiny")
     if data is None and not folder.is_dir():
         if not needed:
             return None

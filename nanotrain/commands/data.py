@@ -13,9 +13,10 @@ def register(sub) -> None:
 
     f = dsub.add_parser("fetch-debian", help="download Debian librust-*-dev crate sources (no install)")
     f.add_argument("--out", type=Path, default=None, help="target folder (default: $NANOLAB_DATA/sources/debian)")
-    f.add_argument("--crates", default="popular", help="popular (default) | all | N random packages")
+    f.add_argument("--crates", default="popular",
+                   help="popular (default) | all | N random packages | popular+N (popular plus N random others)")
     f.add_argument("--rustc-src", action="store_true", help="also fetch rust-web-src (the rustc source tree)")
-    f.add_argument("--seed", type=int, default=0, help="seed for --crates N")
+    f.add_argument("--seed", type=int, default=0, help="seed for --crates N and popular+N")
     f.set_defaults(func=_fetch)
 
     b = dsub.add_parser("build", help="build a dataset folder (tokenizer + uint16 shards) from .rs sources")

@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="recipe name, e.g. engram-v1, baseline-v1, haar-v5, engram-v2")
     p.add_argument("--scale", choices=["auto", "full", "small", "tiny"], default="auto",
                    help="model/schedule size: auto = full on a GPU, tiny on CPU (default: auto)")
-    p.add_argument("--data", type=Path, help="dataset folder (default: the default dataset, built on first use)")
+    p.add_argument("--data", type=Path,
+                   help="dataset folder (default, built on first use: at full scale the full Debian corpus, "
+                        "$NANOLAB_DATA/datasets/rust-full; else the popular crates, .../rust-default)")
     p.add_argument("--out", type=Path, help="runs folder (default: $NANOLAB_RUNS or ./runs)")
     p.add_argument("--name", help="run name, i.e. the folder under --out (default: the recipe name; no '/')")
     p.add_argument("--steps", type=int, help="stop after N steps in this invocation (the schedule is unchanged)")
@@ -305,6 +307,7 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
 
     from nanotrain import checkpoint as ckpt
     from nanotrain.config import ModelConfig, TrainConfig
+    from nanotrain.data.default import ensure_default_dataset, repeat_note
     from nanotrain.data.shards import Dataset
     from nanotrain.paths import default_runs_dir
     from nanotrain.recipes import get_recipe
@@ -365,14 +368,16 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
     if args.data is not None:
         dataset = Dataset(args.data)
     else:
-        from nanotrain.data.default import ensure_default_dataset
-
-        dataset = Dataset(ensure_default_dataset())
+        dataset = Dataset(ensure_default_dataset(scale=scale))
     if dataset.vocab_size != model_cfg.vocab_size:
         raise UserError(f"dataset {dataset.folder}: tokenizer vocab {dataset.vocab_size} does not match recipe "
                         f"{recipe.name}'s vocab_size {model_cfg.vocab_size}")
     if source is not None and not filecmp.cmp(source / ckpt.TOKENIZER_FILE, dataset.tokenizer_path, shallow=False):
         raise UserError(f"dataset {dataset.folder}: its tokenizer.json differs from the one {source} was trained with")
+    note = repeat_note(train_cfg.total_steps * train_cfg.batch_size * train_cfg.seq_len,
+                       len(dataset.tokens("train")), dataset.folder)
+    if note:
+        say(note)
 
     trainer = Trainer(model_cfg=model_cfg, train_cfg=train_cfg, dataset=dataset, run_dir=run_dir,
                       recipe=recipe.name, scale=scale, dist=info, progress=not args.no_progress,

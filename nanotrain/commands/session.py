@@ -72,7 +72,7 @@ def handler(args: argparse.Namespace) -> int:
     if data is None:
         from nanotrain.data.default import ensure_default_dataset
 
-        data = ensure_default_dataset()
+        data = ensure_default_dataset(scale=plan.scale)
     check_resumable_scale(plan, runs)
     print(format_plan(plan, runs, data))
     result = Runner(plan, runs, data, progress=not args.no_progress, score=not args.no_score).execute()

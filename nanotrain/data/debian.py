@@ -69,22 +69,35 @@ def package_info(names: list[str]) -> dict[str, dict]:
     return info
 
 
+def _popular(available: list[str]) -> list[str]:
+    have = set(available)
+    chosen = [p for p in (f"librust-{c}-dev" for c in POPULAR_CRATES) if p in have]
+    if not chosen:
+        raise UserError(f"no librust-*-dev packages found in the apt lists (run apt-get update?); {NO_APT_HINT}")
+    return chosen
+
+
 def select_packages(crates: str, rustc_src: bool, seed: int) -> list[str]:
-    """Package names for --crates popular | all | N (N random real packages, seeded)."""
+    """Package names for --crates popular | all | N (N random real packages, seeded) | popular+N.
+
+    popular+N adds the first N of the other packages in a seeded shuffle, so a larger N only adds packages.
+    """
     available = available_crate_packages()
+    extra = re.fullmatch(r"popular\+(\d+)", crates)
     if crates == "popular":
-        wanted = [f"librust-{c}-dev" for c in POPULAR_CRATES]
-        have = set(available)
-        chosen = [p for p in wanted if p in have]
-        if not chosen:
-            raise UserError(f"no librust-*-dev packages found in the apt lists (run apt-get update?); {NO_APT_HINT}")
+        chosen = _popular(available)
+    elif extra and int(extra.group(1)) > 0:
+        chosen = _popular(available)
+        others = [p for p in available if p not in set(chosen)]
+        random.Random(seed).shuffle(others)
+        chosen += sorted(others[: int(extra.group(1))])
     elif crates == "all":
         chosen = list(available)
     elif crates.isdigit() and int(crates) > 0:
         n = int(crates)
         chosen = sorted(random.Random(seed).sample(available, min(n, len(available))))
     else:
-        raise UserError(f"--crates {crates!r}: expected popular, all or a positive number")
+        raise UserError(f"--crates {crates!r}: expected popular, all, a positive number N or popular+N")
     if rustc_src:
         chosen.append(RUSTC_SRC_PACKAGE)
     return chosen

@@ -65,6 +65,43 @@ def test_missing_dataset(capsys, tmp_path):
     assert code == 2 and "nope: dataset folder not found" in err
 
 
+def test_full_scale_without_data_uses_the_full_corpus(capsys, tmp_path, monkeypatch):
+    """At full scale the default dataset is the full corpus; at tiny scale the quickstart set (nothing fetched)."""
+    from nanotrain.data import default
+    from nanotrain.errors import UserError
+
+    asked = []
+
+    def stop(path=None, progress=True, scale="tiny"):
+        asked.append(scale)
+        raise UserError(f"would build {default.default_data_source(scale)[:2]}")
+
+    monkeypatch.setattr(default, "ensure_default_dataset", stop)
+    code, _, err = nanotrain(capsys, "run", "engram-v1", "--scale", "full", "--device", "cpu", "--out", tmp_path)
+    assert code == 2 and "would build ('all', True)" in err
+    code, _, err = nanotrain(capsys, "run", "engram-v1", "--scale", "tiny", "--device", "cpu", "--out", tmp_path)
+    assert code == 2 and "would build ('popular', False)" in err
+    assert asked == ["full", "tiny"]
+
+
+def test_a_run_longer_than_its_data_says_so_in_one_line(capsys, tmp_path, fixture_dataset, small_tiny):
+    train_tokens = len(Dataset(fixture_dataset).tokens("train"))
+    per_step = TEST_TRAIN["batch_size"] * TEST_TRAIN["seq_len"]
+    fits = train_tokens // per_step
+    args = ("run", "baseline", "--scale", "tiny", "--data", fixture_dataset, "--out", tmp_path, "--steps", 1,
+            "--no-progress")
+    code, out, err = nanotrain(capsys, *args, "--name", "fits", "--total-steps", fits)
+    assert code == 0, err
+    assert "more than once" not in out
+    code, out, err = nanotrain(capsys, *args, "--name", "repeats", "--total-steps", 2 * fits + 2)
+    assert code == 0, err
+    lines = [x for x in out.splitlines() if "more than once" in x]
+    assert len(lines) == 1
+    read = (2 * fits + 2) * per_step
+    assert f"reads {read / 1e6:.1f}M training tokens, {read / train_tokens:.1f}x the" in lines[0]
+    assert str(fixture_dataset) in lines[0]
+
+
 def test_vocab_mismatch(capsys, tmp_path, fixture_dataset):
     code, _, err = nanotrain(capsys, "run", "engram-v1", "--data", fixture_dataset, "--out", tmp_path)
     assert code == 2
