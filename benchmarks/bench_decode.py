@@ -124,7 +124,7 @@ def engine_variant(name: str, model, tokenizer, batch: int, new_tokens: int, *, 
                                 top_k=SAMPLE_TOP_K if sample else 0)
         engine = Engine(model, tokenizer, inference_mode="refuse" if model.is_causal else "bypass",
                         compile=compile, batch_size=batch)
-        if engine._want_compile:
+        if engine.compile:
             engine.generate([PROMPT] * batch, config)  # compile (and record the graph) outside the timing
 
         def run():

@@ -263,8 +263,9 @@ class Engine:
         self.compiled = False
         self.cuda_graphs = False
         self.fallback_reason: str | None = None
-        self._want_compile = self.device.type == "cuda" if compile is None else compile
+        self.compile = self.device.type == "cuda" if compile is None else compile  # asked for; `compiled`: done
         self._step_fn: Callable | None = None
+        self._caches: torch.Tensor | None = None  # the model's cache_positions when this engine made its caches
 
     # -- the model calls
 
@@ -275,15 +276,20 @@ class Engine:
     def _cache_shape(self, rows: int, length: int) -> tuple[int, int]:
         """The caches a batch needs: eager sizes them to the batch; compiled keeps one shape (the batch size and
         the whole context) so the compiled step never sees another."""
-        if self._want_compile:
+        if self.compile:
             return self.batch_size, context_length(self.model)
         return rows, length
 
     def _setup_caches(self, shape: tuple[int, int]) -> None:
-        if self.model.cache_shape == shape and self._step_fn is not None:
+        """Make the model's caches for `shape`, unless this engine's own caches of that shape are still in place
+        (another engine or `setup_cache` call may have replaced them: a compiled step must not keep writing
+        tensors the model no longer holds)."""
+        if self._step_fn is not None and self.model.cache_positions is self._caches and self._caches is not None \
+                and self.model.cache_shape == shape:
             return
         self.model.setup_cache(shape[0], shape[1], device=self.device, dtype=self.dtype)
-        if self._want_compile:
+        self._caches = self.model.cache_positions
+        if self.compile:
             for buf in self.model.buffers():
                 if buf is not None:
                     torch._dynamo.mark_static_address(buf)
@@ -294,7 +300,7 @@ class Engine:
         if self._step_fn is not None:
             return self._step_fn
         self._step_fn = self._eager_step
-        if self._want_compile and self.fallback_reason is None:
+        if self.compile and self.fallback_reason is None:
             cuda = self.device.type == "cuda"
             from torch._dynamo.utils import counters
 
@@ -397,7 +403,7 @@ class Engine:
                     if i + 1 < config.max_new_tokens:  # the device computes the next step meanwhile
                         if self.cuda_graphs:
                             torch.compiler.cudagraph_mark_step_begin()
-                        logits = step(tokens[:, None], pos) if not eager else step(tokens[:, None], pos, longest + i + 1)
+                        logits = step(tokens[:, None], pos, None if self.compiled else longest + i + 1)
                         pos = pos + 1
                     if pending is not None:
                         self._take(pending, rows, config, on_token)
