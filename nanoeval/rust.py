@@ -2,14 +2,19 @@
 
 This replaces the seed's regex "coherence" heuristics (seed-spec §10.2, kept in `nanoeval.seed_metrics`).
 
-Validity ("rule B", environment.md §3): a sample that ended with EOS is valid iff tree-sitter-rust finds no
-ERROR/MISSING node. A sample cut at the token limit is valid iff every ERROR/MISSING node either reaches the cut
+Validity ("rule B", environment.md §3): a sample that ended with EOS is valid iff it has no error. Errors are
+tree-sitter-rust's ERROR/MISSING nodes plus what the grammar tolerates and rustc's parser rejects, found on the
+tree: a statement where only items may stand (file top level and mod/impl/trait/extern bodies: `let`, a stray `;`,
+an expression statement, a `foo!{..};` or a `foo!(..)` without `;`), a doc comment or attribute with no item after
+it at the end of such a body, and (in a sample that ended on its own) at the end of the file. A sample cut at the token limit is valid iff every error either reaches the cut
 (`end_byte >= len(code.rstrip())`) or starts on the last, partial line (only when the sample has a complete line
 before it: a one-line sample is excused only by errors that reach the cut). Two refinements were measured and dropped
 (600 clean Debian crate files cut at 735/1470 chars, plus copies with one token deleted): taking the opening line of
 an unterminated string as the partial line accepted +1.0/+0.8 points more clean cuts but +1.5/+1.2 points more
 corrupted ones; ignoring trailing comments at the cut: +2.2/+1.3 clean, +6.1/+3.6 corrupted. Neither separates
 better, so a cut inside a multi-line string or right after a comment may be rejected.
+
+`nanoeval.rustc` gives the compiler's own verdict beside this one (`--validator rustc|both`).
 
 Brackets: only (), [] and {} are counted. Angle brackets are not: without a parser `<`/`>` cannot be told apart
 from comparisons, shifts, `->` and `=>` in Rust. Brackets inside string/char literals and comments are ignored.
@@ -249,14 +254,86 @@ def _error_nodes(root) -> list:
     return out
 
 
-def _describe(node, code: bytes, lines: list[bytes]) -> dict:
+# Where only items may stand, and what tree-sitter-rust accepts there that rustc's parser does not.
+_ITEM_LISTS = "(declaration_list) @list"
+_NOT_ITEMS = frozenset({"let_declaration", "expression_statement", "empty_statement"})
+_COMMENTS = frozenset({"line_comment", "block_comment"})
+
+
+def _item_lists_query():
+    query = getattr(_local, "item_lists", None)
+    if query is None:
+        import tree_sitter
+        import tree_sitter_rust
+
+        query = tree_sitter.Query(tree_sitter.Language(tree_sitter_rust.language()), _ITEM_LISTS)
+        _local.item_lists = query
+    return query
+
+
+def _paren_macro(node) -> bool:
+    """A macro call delimited by () or [] (as an item it needs a `;`; one delimited by {} must not have one)."""
+    if node.type != "macro_invocation" or not node.children or node.children[-1].type != "token_tree":
+        return False
+    tree = node.children[-1]
+    return bool(tree.children) and tree.children[0].type in ("(", "[")
+
+
+def _is_outer_doc_or_attribute(node) -> bool:
+    if node.type == "attribute_item":
+        return True
+    return node.type in _COMMENTS and any(c.type == "outer_doc_comment_marker" for c in node.children)
+
+
+def _rule_errors(root, code: bytes, truncated: bool) -> list[tuple[object, str]]:
+    """(node, kind) for what tree-sitter-rust accepts where only items may stand but rustc's parser rejects:
+    kind "not-item" (let, stray `;`, expression statement, `m!{..};`, `m!(..)` with no `;`) and "no-item-after"
+    (a doc comment or attribute that ends an item list; at the end of the file only when not `truncated`)."""
+    from tree_sitter import QueryCursor
+
+    lists = [root] if root.type == "source_file" else []
+    if b"{" in code:
+        lists += QueryCursor(_item_lists_query()).captures(root).get("list", [])
+    out: list[tuple[object, str]] = []
+    for body in lists:
+        kids = [c for c in body.children if c.type not in ("{", "}")]
+        # What follows an ERROR node is tree-sitter's recovery from it: that error decides, not its remnants.
+        broken = next((i for i, k in enumerate(kids) if k.is_error), None)
+        if broken is not None:
+            kids = kids[:broken]
+        for i, node in enumerate(kids):
+            kind = node.type
+            if kind == "let_declaration":
+                out.append((node, "not-item"))
+            elif kind == "expression_statement":
+                # `m!(..);` and `m![..];` are items: the one expression statement allowed here.
+                parts = [c for c in node.children if c.type not in _COMMENTS]
+                if not (len(parts) == 2 and _paren_macro(parts[0]) and parts[1].type == ";"):
+                    out.append((node, "not-item"))
+            elif kind == "empty_statement":
+                # In an item list tree-sitter keeps the `;` of `m!(..);` as its own node.
+                prev = next((k for k in reversed(kids[:i]) if k.type not in _COMMENTS), None)
+                if prev is None or not _paren_macro(prev):
+                    out.append((node, "not-item"))
+            elif kind == "macro_invocation" and _paren_macro(node):
+                nxt = next((k for k in kids[i + 1 :] if k.type not in _COMMENTS), None)
+                if nxt is None or nxt.type != "empty_statement":
+                    out.append((node, "not-item"))
+        if broken is None and (body is not root or not truncated):
+            tail = [k for k in kids if k.type not in _COMMENTS or _is_outer_doc_or_attribute(k)]
+            if tail and _is_outer_doc_or_attribute(tail[-1]):
+                out.append((tail[-1], "no-item-after"))
+    return out
+
+
+def _describe(node, code: bytes, lines: list[bytes], rule_kind: str | None = None) -> dict:
     row, col_b = node.start_point.row, node.start_point.column
     line = lines[row] if row < len(lines) else b""
     col = len(line[:col_b].decode("utf-8", "replace")) + 1
     if node.is_missing:
         kind, snippet = "missing", node.type
     else:
-        kind = "error"
+        kind = rule_kind or "error"
         snippet = code[node.start_byte : node.start_byte + 4 * SNIPPET_CHARS].decode("utf-8", "replace")
         snippet = snippet[:SNIPPET_CHARS]
     return {"line": row + 1, "col": col, "kind": kind, "text": snippet}
@@ -267,6 +344,11 @@ def score_sample(text: str, truncated: bool) -> SampleScore:
     code = text.encode("utf-8", "surrogatepass")
     root = _parser().parse(code).root_node
     errs = _error_nodes(root) if root.has_error else []
+    rule = _rule_errors(root, code, truncated)
+    kinds = {}
+    if rule:
+        kinds = {n.id: k for n, k in rule}
+        errs = sorted(errs + [n for n, _ in rule], key=lambda n: (n.start_byte, n.end_byte))
     brackets = lex_brackets(code, truncated)
     valid = not errs
     if truncated and errs:
@@ -275,7 +357,7 @@ def score_sample(text: str, truncated: bool) -> SampleScore:
         # A sample with no complete line gets no last-line excuse: otherwise one line of garbage would pass.
         valid = all(n.end_byte >= cut or (last_line > 0 and n.start_byte >= last_line) for n in errs)
     lines = code.split(b"\n") if errs else []
-    listed = [_describe(n, code, lines) for n in errs[:MAX_LISTED_ERRORS]]
+    listed = [_describe(n, code, lines, kinds.get(n.id)) for n in errs[:MAX_LISTED_ERRORS]]
     return SampleScore(
         valid=valid,
         truncated=truncated,
