@@ -168,6 +168,12 @@ def lex_brackets(text: str | bytes, truncated: bool = False) -> BracketReport:
             break
         brackets = reduced
     rep.pairs = (n_before - len(brackets)) // 2
+    rep.open_at_end = len(_match(brackets, rep))
+    return rep
+
+
+def _match(brackets: bytes, rep: BracketReport) -> list[int]:
+    """Match the brackets left to right (counting into `rep`); the openers still open at the end, in order."""
     stack: list[int] = []
     for ch in brackets:
         want = _CLOSE.get(ch)
@@ -186,8 +192,26 @@ def lex_brackets(text: str | bytes, truncated: bool = False) -> BracketReport:
         else:
             stack.pop()
             rep.mismatched += 1
-    rep.open_at_end = len(stack)
-    return rep
+    return stack
+
+
+def closing_suffix(text: str | bytes) -> bytes:
+    """What closes everything left open at the end of a cut sample: an unterminated string, raw string or (nested)
+    block comment, then a newline (ending a line comment), then the open brackets, innermost first."""
+    code = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    rep = BracketReport()
+    stack = _match(_code_brackets(code, rep), rep)
+    literal = b""
+    if rep.unterminated == "string":
+        literal = b'"'
+    elif rep.unterminated == "raw_string":
+        literal = b'"' + _SKIP.match(code, rep.unterminated_at).group("hashes")
+    elif rep.unterminated == "block_comment":
+        depth = 0
+        for e in _BLOCK_EDGE.finditer(code, rep.unterminated_at):
+            depth += 1 if e.group() == b"/*" else -1
+        literal = b"*/" * max(depth, 1)
+    return literal + b"\n" + bytes(_OPEN[c] for c in reversed(stack))
 
 
 # ---------------------------------------------------------------------------------------------------------------
