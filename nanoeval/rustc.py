@@ -215,8 +215,9 @@ def check_texts(texts: Sequence[str], truncated: Sequence[bool], rustc: Rustc, j
                 out = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True, errors="replace",
                                      timeout=timeout, stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
-                return RustcVerdict(valid=False, n_errors=1, timed_out=True, errors=[
-                    {"line": None, "col": None, "message": f"rustc timed out after {timeout:g} s", "excused": False}])
+                message = f"rustc timed out after {timeout:g} s"
+                return RustcVerdict(valid=False, n_errors=1, timed_out=True,
+                                    errors=[{"line": None, "col": None, "message": message, "excused": False}])
             finally:
                 (Path(tmp) / name).unlink(missing_ok=True)
             return verdict_from_diagnostics(out.stderr, out.returncode, cut, last_line)

@@ -10,9 +10,9 @@ def register(sub) -> None:
         "compare",
         help="side-by-side table of runs from score reports or checkpoint folders",
         description="Print a markdown table comparing runs: params, steps, train loss, val CE, bits/byte, valid "
-                    "rate (tree-sitter's or rustc's), bracket balance, distinct-3 (with bootstrap 95%% intervals over samples), causal and "
-                    "inference mode. A checkpoint folder uses its score.json when present (run `nanoeval score` "
-                    "first for generation metrics), else only its training metrics.",
+                    "rate (tree-sitter's or rustc's), bracket balance, distinct-3 (with bootstrap 95%% intervals "
+                    "over samples), causal and inference mode. A checkpoint folder uses its score.json when "
+                    "present (run `nanoeval score` first for generation metrics), else only its training metrics.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="score report JSON files, checkpoint folders or run folders")

@@ -15,8 +15,9 @@ def register(sub) -> None:
         description="Score a checkpoint: held-out CE, bits/byte, perplexity and entropy on the dataset's val split "
                     "(on the causal path sampling uses), then sample completions for a prompt set and score them "
                     "with tree-sitter (truncation-aware validity, error density), a Rust-aware bracket lexer and "
-                    "distinct-3; --validator rustc/both adds the compiler's parser's verdict. Writes the score report JSON (--out, default <ckpt>/score.json) and prints a "
-                    "summary. Checkpoints with non-causal layers need --inference-mode bypass.",
+                    "distinct-3 (--validator rustc/both: also with the compiler's parser). Writes the score "
+                    "report JSON (--out, default <ckpt>/score.json) and prints a summary. Checkpoints with "
+                    "non-causal layers need --inference-mode bypass.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
     p.add_argument("--prompts", default="seed",

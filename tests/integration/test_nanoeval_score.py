@@ -22,8 +22,8 @@ HELDOUT = {"split", "ce", "bpb", "ppl", "entropy", "n_tokens", "seq_len", "infer
            "train_mode_gap", "dataset"}
 GENERATION = {"n_samples", "valid_rate", "bracket_balance", "error_density", "distinct_3", "compile_rate",
               "tok_per_s", "n_tokens", "seconds", "finish", "prompts", "samples_per_prompt", "use_kv_cache",
-              "metrics", "sampling", "validator", "valid_rate_tree_sitter", "valid_rate_rustc", "validator_agreement",
-              "validator_disagreements", "rustc"}
+              "metrics", "sampling", "validator", "valid_rate_tree_sitter", "valid_rate_rustc",
+              "validator_agreement", "validator_disagreements", "rustc"}
 SAMPLING = {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed"}
 SAMPLE = {"prompt", "text", "finish", "n_tokens", "prompt_truncated", "valid", "valid_tree_sitter", "valid_rustc",
           "rustc_errors", "bracket_balance", "error_density", "distinct_3", "n_errors", "first_error_line",
