@@ -280,35 +280,45 @@ def _error_nodes(root) -> list:
     return out
 
 
-# Where only items may stand, and what tree-sitter-rust accepts there that rustc's parser does not.
-_ITEM_LISTS = "(declaration_list) @list"
-_NOT_ITEMS = frozenset({"let_declaration", "expression_statement", "empty_statement"})
+# Where only items may stand (the file, and mod/impl/trait/extern bodies), the nodes tree-sitter-rust accepts there
+# that may not be items (checked further in `_rule_errors`), and the last named node of a body (a dangling doc
+# comment or attribute there has no item after it).
+_ITEM_QUERY = """
+(source_file [(let_declaration) (expression_statement) (empty_statement) (macro_invocation)] @stmt)
+(declaration_list [(let_declaration) (expression_statement) (empty_statement) (macro_invocation)] @stmt)
+(source_file (_) @last .)
+(declaration_list (_) @last .)
+"""
 _COMMENTS = frozenset({"line_comment", "block_comment"})
+_ITEM_DEPTH = 4
+"""Item lists deeper in the tree than this are not checked (an impl in a mod, or in a function body, is at 4; one
+more mod around it is at 6): the query would otherwise visit every expression node. Measured on 2 MB of crate
+files: 962 of the 976 matches at any depth, in a third of the time."""
 
 
-def _item_lists_query():
-    query = getattr(_local, "item_lists", None)
+def _item_query():
+    query = getattr(_local, "item_query", None)
     if query is None:
         import tree_sitter
         import tree_sitter_rust
 
-        query = tree_sitter.Query(tree_sitter.Language(tree_sitter_rust.language()), _ITEM_LISTS)
-        _local.item_lists = query
+        query = tree_sitter.Query(tree_sitter.Language(tree_sitter_rust.language()), _ITEM_QUERY)
+        _local.item_query = query
     return query
 
 
 def _paren_macro(node) -> bool:
     """A macro call delimited by () or [] (as an item it needs a `;`; one delimited by {} must not have one)."""
-    if node.type != "macro_invocation" or not node.children or node.children[-1].type != "token_tree":
+    if node is None or node.type != "macro_invocation" or node.child_count == 0:
         return False
     tree = node.children[-1]
-    return bool(tree.children) and tree.children[0].type in ("(", "[")
+    return tree.type == "token_tree" and tree.child_count > 0 and tree.children[0].type in ("(", "[")
 
 
 def _first_token(node):
     """The first leaf of `node`: where a statement that cannot stand among items is already wrong, whatever a cut
     sample would have gone on to say (rustc points there too)."""
-    while node.children:
+    while node.child_count:
         node = node.children[0]
     return node
 
@@ -319,44 +329,58 @@ def _is_outer_doc_or_attribute(node) -> bool:
     return node.type in _COMMENTS and any(c.type == "outer_doc_comment_marker" for c in node.children)
 
 
-def _rule_errors(root, code: bytes, truncated: bool) -> list[tuple[object, str]]:
+def _sibling(node, step: str):
+    """The previous/next sibling (`step` "prev_sibling"/"next_sibling") that is not a comment."""
+    node = getattr(node, step)
+    while node is not None and node.type in _COMMENTS:
+        node = getattr(node, step)
+    return node
+
+
+def _after_error(node) -> bool:
+    """Whether an ERROR sibling comes before `node`: then it is tree-sitter's recovery from that error, which
+    decides on its own."""
+    node = node.prev_sibling
+    while node is not None:
+        if node.is_error:
+            return True
+        node = node.prev_sibling
+    return False
+
+
+def _rule_errors(root, truncated: bool) -> list[tuple[object, str]]:
     """(node, kind) for what tree-sitter-rust accepts where only items may stand but rustc's parser rejects:
     kind "not-item" (let, stray `;`, expression statement, `m!{..};`, `m!(..)` with no `;`) and "no-item-after"
     (a doc comment or attribute that ends an item list; at the end of the file only when not `truncated`)."""
     from tree_sitter import QueryCursor
 
-    lists = [root] if root.type == "source_file" else []
-    if b"{" in code:
-        lists += QueryCursor(_item_lists_query()).captures(root).get("list", [])
+    cursor = QueryCursor(_item_query())
+    cursor.set_max_start_depth(_ITEM_DEPTH)
+    found = cursor.captures(root)
     out: list[tuple[object, str]] = []
-    for body in lists:
-        kids = [c for c in body.children if c.type not in ("{", "}")]
-        # What follows an ERROR node is tree-sitter's recovery from it: that error decides, not its remnants.
-        broken = next((i for i, k in enumerate(kids) if k.is_error), None)
-        if broken is not None:
-            kids = kids[:broken]
-        for i, node in enumerate(kids):
-            kind = node.type
-            if kind == "let_declaration":
-                out.append((node, "not-item"))
-            elif kind == "expression_statement":
-                # `m!(..);` and `m![..];` are items: the one expression statement allowed here.
-                parts = [c for c in node.children if c.type not in _COMMENTS]
-                if not (len(parts) == 2 and _paren_macro(parts[0]) and parts[1].type == ";"):
-                    out.append((node, "not-item"))
-            elif kind == "empty_statement":
-                # In an item list tree-sitter keeps the `;` of `m!(..);` as its own node.
-                prev = next((k for k in reversed(kids[:i]) if k.type not in _COMMENTS), None)
-                if prev is None or not _paren_macro(prev):
-                    out.append((node, "not-item"))
-            elif kind == "macro_invocation" and _paren_macro(node):
-                nxt = next((k for k in kids[i + 1 :] if k.type not in _COMMENTS), None)
-                if nxt is None or nxt.type != "empty_statement":
-                    out.append((node, "not-item"))
-        if broken is None and (body is not root or not truncated):
-            tail = [k for k in kids if k.type not in _COMMENTS or _is_outer_doc_or_attribute(k)]
-            if tail and _is_outer_doc_or_attribute(tail[-1]):
-                out.append((tail[-1], "no-item-after"))
+    for node in found.get("stmt", ()):
+        kind = node.type
+        if kind == "expression_statement":
+            # `m!(..);` and `m![..];` are items: the one expression statement allowed here.
+            parts = [c for c in node.children if c.type not in _COMMENTS]
+            bad = not (len(parts) == 2 and _paren_macro(parts[0]) and parts[1].type == ";")
+        elif kind == "empty_statement":
+            # In an mod/impl/trait body tree-sitter keeps the `;` of `m!(..);` as its own node.
+            bad = not _paren_macro(_sibling(node, "prev_sibling"))
+        elif kind == "macro_invocation":
+            following = _sibling(node, "next_sibling")
+            bad = _paren_macro(node) and (following is None or following.type != "empty_statement")
+        else:
+            bad = True
+        if bad and not _after_error(node):
+            out.append((node, "not-item"))
+    for node in found.get("last", ()):
+        if node.parent.type == "source_file" and truncated:
+            continue
+        while node is not None and node.type in _COMMENTS and not _is_outer_doc_or_attribute(node):
+            node = node.prev_named_sibling
+        if node is not None and _is_outer_doc_or_attribute(node) and not _after_error(node):
+            out.append((node, "no-item-after"))
     return out
 
 
@@ -378,7 +402,7 @@ def score_sample(text: str, truncated: bool) -> SampleScore:
     code = text.encode("utf-8", "surrogatepass")
     root = _parser().parse(code).root_node
     errs = _error_nodes(root) if root.has_error else []
-    rule = _rule_errors(root, code, truncated)
+    rule = _rule_errors(root, truncated)
     kinds = {}
     if rule:
         kinds = {n.id: k for n, k in rule}

@@ -6,11 +6,15 @@ resolution or type checking. `-Z` flags are unstable, so the child process gets 
 
 Verdict: a sample that ended on its own is valid iff rustc reports no error. A sample cut at the token limit is
 first closed (`nanoeval.rust.closing_suffix`: an unterminated literal or comment, a newline, the open brackets)
-so that rustc's lexer does not stop at "unclosed delimiter" before the parser sees the rest; then the same rule as
+so that rustc's lexer does not stop at "unclosed delimiter" before the parser sees the rest, and an empty item
+follows (`CUT_ITEM`: something for a doc comment or attribute before the cut to attach to); then the same rule as
 tree-sitter's applies to each error's primary spans (byte offsets into the file rustc read): an error is excused
 iff each primary span ends at or after the cut (`len(code.rstrip())`) or starts on the last, partial line (when
 the sample has a complete line before it). An error with no span is never excused. rustc reads CRLF as LF and
-drops a leading BOM, so the text is given to it that way and the offsets count in that text.
+drops a leading BOM, so the text is given to it that way and the offsets count in that text. One more excuse
+follows from how rustc reports an item that the cut removed: it points at what came before the item (its last
+attribute, doc comment or `pub`), so such a span counts as the cut's when only blank space separates it from the
+last line.
 
 rustc discovery (`find_rustc`): `--rustc PATH`, else `$NANOLAB_RUSTC`, else `/usr/bin/rustc` if it is at least
 `MIN_VERSION` (Debian: `apt-get install rustc-web`), else `rustc` on PATH; the one chosen must be at least
@@ -41,6 +45,9 @@ PARSE_TIMEOUT_S = 30.0
 """Per file. A parse takes milliseconds; a file that runs out of time gets an invalid verdict (`timed_out`)."""
 MAX_LISTED_ERRORS = 10
 VALIDATORS = ("tree-sitter", "rustc", "both")
+CUT_ITEM = b"\nfn __nanoeval_cut() {}\n"
+"""Appended after the closers of a cut sample: a doc comment, attribute or `pub` that the cut separated from its
+item has one, so rustc does not report it on its own line (the item after the cut would have been there)."""
 
 VALIDATOR_HELP = (
     "validity by tree-sitter (default), rustc (the compiler's parser: `RUSTC_BOOTSTRAP=1 rustc -Z "
@@ -145,9 +152,24 @@ def _for_rustc(text: str) -> bytes:
     return text.removeprefix("\ufeff").replace("\r\n", "\n").encode("utf-8", "surrogatepass")
 
 
-def verdict_from_diagnostics(stderr: str, returncode: int, cut: int | None, last_line: int) -> RustcVerdict:
+_ITEM_PREFIXES = (b"#[", b"///", b"/**", b"pub")
+
+
+def _excused(span: dict, code: bytes, cut: int, last_line: int) -> bool:
+    """The cut rule for one primary span (see the module doc)."""
+    start, end = span["byte_start"], span["byte_end"]
+    if end >= cut or (last_line > 0 and start >= last_line):
+        return True
+    # An attribute, doc comment or `pub` with only blank space before the last line: its item is the one cut.
+    return (last_line > 0 and code[start:end].lstrip().startswith(_ITEM_PREFIXES)
+            and not code[end:last_line].strip())
+
+
+def verdict_from_diagnostics(stderr: str, returncode: int, cut: int | None, last_line: int,
+                             code: bytes = b"") -> RustcVerdict:
     """Apply the rule of the module doc to rustc's JSON diagnostics. `cut`: None for a sample that ended on
-    its own, else the byte offset of the cut; `last_line`: byte offset where the cut sample's last line starts."""
+    its own, else the byte offset of the cut; `last_line`: byte offset where the cut sample's last line starts;
+    `code`: the bytes rustc read."""
     errors = []
     for line in stderr.splitlines():
         try:
@@ -159,8 +181,7 @@ def verdict_from_diagnostics(stderr: str, returncode: int, cut: int | None, last
         primary = [s for s in diag.get("spans") or () if s.get("is_primary")]
         if not primary and diag.get("message", "").startswith("aborting due to"):
             continue
-        excused = cut is not None and bool(primary) and all(
-            s["byte_end"] >= cut or (last_line > 0 and s["byte_start"] >= last_line) for s in primary)
+        excused = cut is not None and bool(primary) and all(_excused(s, code, cut, last_line) for s in primary)
         first = primary[0] if primary else {}
         errors.append({"line": first.get("line_start"), "col": first.get("column_start"),
                        "message": diag.get("message", ""), "excused": excused})
@@ -206,7 +227,7 @@ def check_texts(texts: Sequence[str], truncated: Sequence[bool], rustc: Rustc, j
             if truncated[i]:
                 cut = len(code.rstrip())
                 last_line = code.rfind(b"\n", 0, cut) + 1
-                code += closing_suffix(code)
+                code += closing_suffix(code) + CUT_ITEM
             name = f"s{i}.rs"
             (Path(tmp) / name).write_bytes(code)
             argv = [rustc.path, "-Z", "parse-crate-root-only", "--edition", "2021", "--crate-type", "lib",
@@ -220,7 +241,7 @@ def check_texts(texts: Sequence[str], truncated: Sequence[bool], rustc: Rustc, j
                                     errors=[{"line": None, "col": None, "message": message, "excused": False}])
             finally:
                 (Path(tmp) / name).unlink(missing_ok=True)
-            return verdict_from_diagnostics(out.stderr, out.returncode, cut, last_line)
+            return verdict_from_diagnostics(out.stderr, out.returncode, cut, last_line, code)
 
         return _parallel(one, len(texts), jobs, "rustc", progress)
 

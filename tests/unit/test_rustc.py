@@ -82,6 +82,11 @@ def test_validator_both_reports_agreement_and_the_disagreeing_files(rustc, capsy
     ("fn main() {\n    let x = 1;\n}\n#[derive(Debug)]\npub struct", True),
     ("fn main() {\n    x(]\n    let y", False),
     ("pub struct", True),
+    # rustc reports a cut item at what came before it: its attribute, doc comment or `pub`
+    ("impl V {\n    /// `HTTP/1.1`\n    pub ", True),
+    ("fn f() {}\n\n#[tokio::test]\n#[cfg(feature = \"full\")]\nas", True),
+    ("fn main() {\n    let x = ;\n    foo(", False),
+    ("#[derive(Debug)]\nstruct S;\nfn g() {\n    g(", True),
 ])
 def test_truncation_rule_on_rustc_spans(rustc, text, valid):
     assert check_texts([text], [True], rustc)[0].valid is valid
