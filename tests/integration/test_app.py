@@ -279,7 +279,9 @@ def test_panel_shows_rustc_verdict_beside_tree_sitter(rustc):
 
 
 def test_cli_refuses_an_unfit_rustc(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nanoeval", "app", "--runs", str(tmp_path), "--validator", "rustc",
-                           "--rustc", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    argv = ["app", "--runs", str(tmp_path), "--validator", "rustc", "--rustc", str(tmp_path / "nope")]
+    proc = subprocess.run([sys.executable, "-m", "nanoeval", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"nanoeval: error: --rustc {tmp_path / 'nope'}: no such executable"]
+    expect = f"nanoeval: error: --rustc {tmp_path / 'nope'}: no such executable"
+    assert proc.stderr.strip().splitlines() == [expect]

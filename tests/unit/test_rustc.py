@@ -100,7 +100,8 @@ def test_a_sample_that_ended_on_its_own_gets_no_excuse(rustc):
 
 def test_crlf_and_shell_metacharacters_reach_rustc_as_text(rustc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    texts = ['fn f() -> &\'static str {\r\n    "$(touch pwned); `touch pwned2`"\r\n}\r\n', "fn g() {\r\n    let = 1;\r\n}"]
+    texts = ['fn f() -> &\'static str {\r\n    "$(touch pwned); `touch pwned2`"\r\n}\r\n',
+             "fn g() {\r\n    let = 1;\r\n}"]
     verdicts = check_texts(texts * 3, [False, True] * 3, rustc, jobs=2)
     assert [v.valid for v in verdicts] == [True, False] * 3
     assert verdicts[1].errors[0]["line"] == 2
