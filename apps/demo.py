@@ -250,11 +250,21 @@ class Panel:
         if self.score is not None:
             s = self.score
             lines.append(f"bracket balance {s['bracket_balance']:.2f} · {s['error_density']:.1f} errors/KB")
-            if s["valid"]:
-                lines.append("tree-sitter: ✓ **valid**" + (" (under truncation)" if self.finish == "length" else ""))
+            cut = " (under truncation)" if self.finish == "length" else ""
+            if s.get("valid_tree_sitter", s["valid"]) is None:
+                pass
+            elif s.get("valid_tree_sitter", s["valid"]):
+                lines.append(f"tree-sitter: ✓ **valid**{cut}")
             else:
                 lines.append(f"tree-sitter: ✗ **invalid** — first error at line {s['first_error_line']}")
                 lines.append(_marked_line(self.text, s.get("first_error")))
+            if s.get("valid_rustc") is not None:
+                if s["valid_rustc"]:
+                    lines.append(f"rustc: ✓ **valid**{cut}")
+                else:
+                    err = next(e for e in s["rustc_errors"] if not e["excused"])
+                    where = f" at line {err['line']}" if err["line"] is not None else ""
+                    lines.append(f"rustc: ✗ **invalid**{where} — {err['message']}")
         return "\n\n".join(lines)
 
     def result(self) -> dict[str, Any]:
@@ -293,24 +303,35 @@ def _longest_backtick_run(text: str) -> int:
     return longest
 
 
-def _score(text: str, truncated: bool) -> dict[str, Any]:
-    """tree-sitter verdict and bracket balance of the prompt plus completion, as the score report computes them."""
+def _score(text: str, truncated: bool, validator: str = "tree-sitter", rustc: Any = None) -> dict[str, Any]:
+    """tree-sitter verdict and bracket balance of the prompt plus completion, and with `validator` rustc/both
+    rustc's verdict (`rustc`: a `nanoeval.rustc.Rustc`), as the score report computes them."""
     from nanoeval.rust import score_sample
+    from nanoeval.rustc import check_texts
 
     s = score_sample(text, truncated)
-    return {
+    out = {
         "valid": bool(s.valid), "n_errors": s.n_errors, "error_density": float(s.error_density),
         "first_error_line": s.first_error_line, "first_error": s.errors[0] if s.errors else None,
         "bracket_balance": float(s.bracket_balance), "brackets": s.brackets, "distinct_3": float(s.distinct_3),
     }
+    if validator != "tree-sitter":
+        verdict = check_texts([text], [truncated], rustc)[0]
+        out.update(valid_tree_sitter=None if validator == "rustc" else out["valid"], valid_rustc=verdict.valid,
+                   rustc_errors=verdict.errors)
+        if validator == "rustc":
+            out["valid"] = verdict.valid
+    return out
 
 
 class DemoBackend:
     """Everything the page does, without the widgets: discovery, path checks, the model cache, streaming."""
 
-    def __init__(self, runs_dir: Path, cache_size: int = 4, verify: bool = True) -> None:
+    def __init__(self, runs_dir: Path, cache_size: int = 4, verify: bool = True, validator: str = "tree-sitter",
+                 rustc: Any = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.cache = ModelCache(cache_size, verify)
+        self.validator, self.rustc = validator, rustc
 
     def checkpoints(self) -> list[CheckpointEntry]:
         return discover_checkpoints(self.runs_dir)
@@ -384,7 +405,8 @@ class DemoBackend:
             if out is None:
                 events.put(("error", i, "cancelled"))
                 return
-            out["score"] = _score(prompt + out["completion"], out["finish"] == "length")
+            out["score"] = _score(prompt + out["completion"], out["finish"] == "length", self.validator,
+                                  self.rustc)
             events.put(("done", i, out))
         except UserError as e:
             events.put(("error", i, str(e)))
@@ -523,11 +545,12 @@ def metrics_view(runs_dir: Path, runs: list[str]) -> tuple[str, dict[str, pd.Dat
 
 
 def build_app(runs_dir: Path, *, cache_size: int = 4, concurrency: int = 2, max_queue: int = 32,
-              verify: bool = True) -> gr.Blocks:
-    """The Blocks app: a Generate tab (side-by-side streaming) and a Metrics tab (compare table, curves)."""
+              verify: bool = True, validator: str = "tree-sitter", rustc: Any = None) -> gr.Blocks:
+    """The Blocks app: a Generate tab (side-by-side streaming) and a Metrics tab (compare table, curves).
+    `validator` rustc/both also shows rustc's verdict on each panel (`rustc`: a `nanoeval.rustc.Rustc`)."""
     from nanoeval.prompts import SEED_PROMPTS
 
-    backend = DemoBackend(runs_dir, cache_size, verify)
+    backend = DemoBackend(runs_dir, cache_size, verify, validator, rustc)
     entries = backend.checkpoints()
 
     with gr.Blocks(title="nanolab — side-by-side Rust generation", analytics_enabled=False) as demo:
@@ -637,12 +660,13 @@ def _render(panels: list[Panel]) -> list[Any]:
 
 
 def launch(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 7860, cache_size: int = 4,
-           concurrency: int = 2, max_queue: int = 32, block: bool = True, verify: bool = True) -> gr.Blocks:
+           concurrency: int = 2, max_queue: int = 32, block: bool = True, verify: bool = True,
+           validator: str = "tree-sitter", rustc: Any = None) -> gr.Blocks:
     """Build and serve the app on host:port (127.0.0.1 by default: not exposed unless asked)."""
     if not Path(runs_dir).is_dir():
         raise UserError(f"--runs {runs_dir}: no such folder")
     demo = build_app(Path(runs_dir), cache_size=cache_size, concurrency=concurrency, max_queue=max_queue,
-                     verify=verify)
+                     verify=verify, validator=validator, rustc=rustc)
     try:
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
                     show_error=True, quiet=False, footer_links=["api", "settings"])

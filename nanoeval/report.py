@@ -10,10 +10,17 @@ tests/integration/test_nanoeval_score.py):
   `train_mode_gap`
 - `generation`: `n_samples`, `valid_rate`, `bracket_balance`, `error_density`, `distinct_3`, `compile_rate`,
   `tok_per_s`, `n_tokens`, `seconds`, `finish`, `prompts`, `samples_per_prompt`, `decode`, `metrics`,
-  `sampling` (the sampling settings), and with `--metrics seed` also `seed_metrics`
+  `sampling` (the sampling settings), `validator`, `valid_rate_tree_sitter`, `valid_rate_rustc`,
+  `validator_agreement`, `validator_disagreements` (indices into `samples`), `rustc` (path, version and origin
+  of the rustc used by --validator or --compile-check; None when none ran), and with `--metrics seed` also
+  `seed_metrics`
 - `samples`: one object per sample: `prompt`, `text`, `finish`, `n_tokens`, `prompt_truncated`, `valid`,
-  `bracket_balance`, `error_density`, `distinct_3`, `n_errors`, `first_error_line`, `compiles`, and with
-  `--metrics seed` also `seed_metrics`
+  `valid_tree_sitter`, `valid_rustc`, `rustc_errors`, `bracket_balance`, `error_density`, `distinct_3`,
+  `n_errors`, `first_error_line`, `compiles`, and with `--metrics seed` also `seed_metrics`
+
+`valid` and `valid_rate` are the chosen validator's (`both`: tree-sitter's, the default); the per-validator fields
+are None for a validator that did not run. `n_errors`, `first_error_line` and `error_density` are tree-sitter's;
+`rustc_errors` lists rustc's (see `nanoeval.rustc`).
 
 Validity, bracket balance and error density are measured on prompt + completion (the completion continues the
 prompt's code), truncation-aware: a sample that did not end with `<eos>` counts as cut. `distinct_3` is measured
@@ -24,8 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -68,15 +73,26 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def score_samples(samples, metrics: str = "default") -> list[dict]:
-    """Per-sample records for the report: tree-sitter validity and lexer brackets (nanoeval.rust), plus the
-    original's heuristics with `metrics="seed"`."""
+def score_samples(samples, metrics: str = "default", validator: str = "tree-sitter", rustc=None,
+                  progress: bool = False) -> list[dict]:
+    """Per-sample records for the report: tree-sitter validity and lexer brackets (nanoeval.rust), rustc's parse
+    verdict with `validator` rustc/both (`rustc`: a `nanoeval.rustc.Rustc`), plus the original's heuristics with
+    `metrics="seed"`."""
     from nanoeval import rust
+    from nanoeval.rustc import VALIDATORS, check_texts
 
     if metrics not in ("default", "seed"):
         raise UserError(f"--metrics {metrics!r}: expected default or seed")
+    if validator not in VALIDATORS:
+        raise UserError(f"--validator {validator!r}: expected one of {', '.join(VALIDATORS)}")
+    verdicts = [None] * len(samples)
+    if validator != "tree-sitter":
+        if rustc is None:
+            raise UserError(f"--validator {validator}: no rustc given")
+        verdicts = check_texts([s.prompt + s.text for s in samples], [s.finish != "eos" for s in samples],
+                               rustc, progress=progress)
     records = []
-    for s in samples:
+    for s, verdict in zip(samples, verdicts):
         score = rust.score_sample(s.prompt + s.text, truncated=s.finish != "eos")
         record = {
             "prompt": s.prompt,
@@ -84,7 +100,10 @@ def score_samples(samples, metrics: str = "default") -> list[dict]:
             "finish": s.finish,
             "n_tokens": s.n_tokens,
             "prompt_truncated": s.prompt_truncated,
-            "valid": score.valid,
+            "valid": score.valid if verdict is None or validator == "both" else verdict.valid,
+            "valid_tree_sitter": None if validator == "rustc" else score.valid,
+            "valid_rustc": None if verdict is None else verdict.valid,
+            "rustc_errors": None if verdict is None else verdict.errors,
             "bracket_balance": score.bracket_balance,
             "error_density": score.error_density,
             "distinct_3": rust.distinct_3(s.text),
@@ -100,29 +119,19 @@ def score_samples(samples, metrics: str = "default") -> list[dict]:
     return records
 
 
-def compile_check(records: list[dict], timeout: float = 30.0, progress: bool = False) -> float | None:
-    """Compile each sample's prompt + text as a library crate with `rustc --emit=metadata`; fills `compiles`.
+def compile_check(records: list[dict], rustc, progress: bool = False) -> float | None:
+    """Compile each sample's prompt + text as a library crate with `rustc --emit=metadata` (`rustc`: a
+    `nanoeval.rustc.Rustc`, from `find_rustc`); fills `compiles`.
 
     Returns the compile rate. Fragments cut by the token limit are expected not to compile: the rate is a strict
-    measure, reported as is. UserError when rustc is not installed.
+    measure, reported as is.
     """
-    from tqdm import tqdm
+    from nanoeval.rustc import compile_texts
 
-    rustc = shutil.which("rustc")
-    if rustc is None:
-        raise UserError("--compile-check: rustc not found on PATH (install Rust or drop the flag)")
     if not records:
         return None
-    with tempfile.TemporaryDirectory(prefix="nanoeval-rustc-") as tmp:
-        src, out = Path(tmp) / "sample.rs", Path(tmp) / "sample.rmeta"
-        for r in tqdm(records, desc="rustc", unit="sample", disable=not progress, leave=False):
-            src.write_text(r["prompt"] + r["text"], encoding="utf-8")
-            cmd = [rustc, "--edition", "2021", "--crate-type", "lib", "--emit=metadata", "-A", "warnings",
-                   "-o", str(out), str(src)]
-            try:
-                r["compiles"] = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=tmp).returncode == 0
-            except subprocess.TimeoutExpired:
-                r["compiles"] = False
+    for r, ok in zip(records, compile_texts([r["prompt"] + r["text"] for r in records], rustc, progress=progress)):
+        r["compiles"] = ok
     return sum(r["compiles"] for r in records) / len(records)
 
 
@@ -143,9 +152,12 @@ def build_score_report(
     metrics: str,
     compile_rate: float | None,
     wall_seconds: float,
+    validator: str = "tree-sitter",
+    rustc_info: dict | None = None,
 ) -> dict:
-    """Assemble the score report (see the module doc for the contract)."""
+    """Assemble the score report (see the module doc for the contract). `rustc_info`: the rustc used, if any."""
     import nanoeval
+    from nanoeval.rustc import validity_summary
 
     ckpt_metrics = loaded.metrics()
     counts = loaded.model.param_counts()
@@ -188,6 +200,12 @@ def build_score_report(
                        else "compiled" if generation.compiled else "eager"),
             "metrics": metrics,
             "sampling": generation.config.to_dict(),
+            **validity_summary(
+                validator,
+                None if validator == "rustc" else [r["valid_tree_sitter"] for r in records],
+                None if validator == "tree-sitter" else [r["valid_rustc"] for r in records],
+            ),
+            "rustc": rustc_info,
         },
         "samples": records,
     }
@@ -222,6 +240,22 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _validity_rows(g: dict) -> list[tuple[str, str]]:
+    """The valid-rate rows of the summary: one per validator that ran, and their agreement."""
+    validator = g.get("validator", "tree-sitter")
+    rows = []
+    for name in ("tree-sitter", "rustc"):
+        rate = g.get("valid_rate_" + name.replace("-", "_"), g["valid_rate"] if name == validator else None)
+        if rate is not None or name == validator:
+            rows.append((f"valid rate ({name})", _fmt(rate)))
+    if g.get("validator_agreement") is not None:
+        differ = g["validator_disagreements"]
+        listed = ", ".join(f"#{i}" for i in differ[:10]) + (", ..." if len(differ) > 10 else "")
+        rows.append(("validator agreement", _fmt(g["validator_agreement"])
+                     + (f" ({len(differ)} differ: {listed})" if differ else "")))
+    return rows
+
+
 def format_summary(report: dict) -> str:
     """A short human table of the report's headline numbers."""
     ck, m, h, g = report["checkpoint"], report["model"], report["heldout"] or {}, report["generation"]
@@ -234,7 +268,7 @@ def format_summary(report: dict) -> str:
         ("held-out bits/byte", _fmt(h.get("bpb"), 4)),
         ("held-out ppl / entropy", f"{_fmt(h.get('ppl'), 2)} / {_fmt(h.get('entropy'), 4)}"),
         ("samples", f"{g['n_samples']} ({g['prompts']} x {g['samples_per_prompt']})"),
-        ("valid rate (tree-sitter)", _fmt(g["valid_rate"])),
+        *_validity_rows(g),
         ("bracket balance", _fmt(g["bracket_balance"])),
         ("error density (/KB)", _fmt(g["error_density"], 2)),
         ("distinct-3", _fmt(g["distinct_3"])),
@@ -313,18 +347,38 @@ def compare_row(path: str | Path, verify: bool = True) -> dict:
         "run": folder.parent.name, "source": str(path), "recipe": config["recipe"],
         "params": model.param_counts()["total"], "step": config["step"],
         "train_loss": _pick(ckpt_metrics, "loss", "train_loss"), "val_ce": _pick(ckpt_metrics, "val_ce"),
-        "bpb": _pick(ckpt_metrics, "val_bpb", "bpb"), "valid_rate": None, "bracket_balance": None,
+        "bpb": _pick(ckpt_metrics, "val_bpb", "bpb"), "valid_rate": None, "valid_rate_tree_sitter": None,
+        "valid_rate_rustc": None, "bracket_balance": None,
         "distinct_3": None, "ci": {}, "n_samples": 0, "causal": model.is_causal, "inference_mode": None,
     }
+
+
+def sample_verdicts(report: dict, validator: str) -> list[bool] | None:
+    """One validator's per-sample verdicts from a score report (tree-sitter or rustc); None if it did not run.
+    Reports written before the validator choice carry tree-sitter's verdicts in `valid`."""
+    key = "valid_" + validator.replace("-", "_")
+    samples = report["samples"]
+    if samples and key in samples[0]:
+        verdicts = [s[key] for s in samples]
+        return None if any(v is None for v in verdicts) else verdicts
+    if report["generation"].get("validator", "tree-sitter") == validator:
+        return [s["valid"] for s in samples]
+    return None
 
 
 def _row_from_report(report: dict, source: str) -> dict:
     ck, g, h = report["checkpoint"], report["generation"], report.get("heldout") or {}
     ci = {k: bootstrap_ci([s[_PER_SAMPLE[k]] for s in report["samples"]]) for k in RATE_FIELDS}
+    rates = {}
+    for name in ("tree-sitter", "rustc"):
+        verdicts = sample_verdicts(report, name)
+        key = "valid_rate_" + name.replace("-", "_")
+        rates[key] = None if verdicts is None else (sum(verdicts) / len(verdicts) if verdicts else None)
+        ci[key] = None if verdicts is None else bootstrap_ci(verdicts)
     return {
         "run": ck["run"], "source": source, "recipe": ck["recipe"], "params": report["model"]["params"],
         "step": ck["step"], "train_loss": ck.get("train_loss"), "val_ce": h.get("ce", ck.get("val_ce")),
-        "bpb": h.get("bpb"), "valid_rate": g["valid_rate"], "bracket_balance": g["bracket_balance"],
+        "bpb": h.get("bpb"), "valid_rate": g["valid_rate"], **rates, "bracket_balance": g["bracket_balance"],
         "distinct_3": g["distinct_3"], "ci": ci, "n_samples": g["n_samples"],
         "causal": report["model"]["causal"], "inference_mode": report["model"]["inference_mode"],
     }
@@ -338,16 +392,26 @@ def _with_ci(value, ci) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def compare_table(rows: list[dict]) -> str:
-    """Markdown table, one row per run, rates with bootstrap 95% intervals over samples."""
-    header = ["run", "params", "steps", "train loss", "val CE", "bpb", "valid rate", "bracket balance",
-              "distinct-3", "n", "causal", "inference mode"]
+def compare_table(rows: list[dict], validator: str = "tree-sitter", rank: bool = False) -> str:
+    """Markdown table, one row per run, rates with bootstrap 95% intervals over samples. `validator`: whose valid
+    rate to show (tree-sitter, rustc or both: two columns); `rank`: order the rows by it (tree-sitter's with
+    both), highest first, runs without it last."""
+    from nanoeval.rustc import VALIDATORS
+
+    if validator not in VALIDATORS:
+        raise UserError(f"--validator {validator!r}: expected one of {', '.join(VALIDATORS)}")
+    shown = ["tree-sitter", "rustc"] if validator == "both" else [validator]
+    keys = ["valid_rate_" + v.replace("-", "_") for v in shown]
+    if rank:
+        rows = sorted(rows, key=lambda r: (r.get(keys[0]) is None, -(r.get(keys[0]) or 0.0)))
+    header = ["run", "params", "steps", "train loss", "val CE", "bpb", *(f"valid rate ({v})" for v in shown),
+              "bracket balance", "distinct-3", "n", "causal", "inference mode"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
             r["run"], "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M", _fmt(r["step"]),
             _fmt(r["train_loss"], 4), _fmt(r["val_ce"], 4), _fmt(r["bpb"], 4),
-            _with_ci(r["valid_rate"], r["ci"].get("valid_rate")),
+            *(_with_ci(r.get(k), r["ci"].get(k)) for k in keys),
             _with_ci(r["bracket_balance"], r["ci"].get("bracket_balance")),
             _with_ci(r["distinct_3"], r["ci"].get("distinct_3")), str(r["n_samples"]),
             _fmt(r["causal"]), r["inference_mode"] or "-",

@@ -74,3 +74,16 @@ def tiny_checkpoint_factory(tmp_path_factory, fixture_dataset) -> Callable[[str]
         return made[name]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def rustc():
+    """The rustc `--validator rustc` would use (`nanoeval.rustc.find_rustc`); the test is skipped, with what was
+    found, when there is none (.ci/run installs Debian's rustc-web)."""
+    from nanoeval.rustc import find_rustc
+    from nanotrain.errors import UserError
+
+    try:
+        return find_rustc()
+    except UserError as e:
+        pytest.skip(f"rustc tests need rustc >= 1.80: {e}")

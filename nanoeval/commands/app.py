@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 from nanoeval.load import add_verify_flag
+from nanoeval.rustc import add_validator_args
 from nanotrain.errors import UserError
 from nanotrain.paths import default_runs_dir
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-size", type=int, default=4,
                    help="loaded checkpoints kept in memory, least recently used dropped first (default 4)")
     add_verify_flag(p)
+    add_validator_args(p)
     p.set_defaults(func=run)
 
 
@@ -48,12 +50,16 @@ def run(args: argparse.Namespace) -> int:
     if not runs.is_dir():
         raise UserError(f"--runs {runs}: no such folder (train a run first: nanotrain run RECIPE)")
 
+    from nanoeval.rustc import find_rustc
+
+    rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" else None
     demo = _import_demo()
     found = demo.discover_checkpoints(runs)
     print(f"nanoeval app: {len(found)} checkpoint(s) under {runs}"
           + ("" if found else " (none yet: the page can rescan once a run writes one)"))
     demo.launch(runs, host=args.host, port=args.port, cache_size=args.cache_size,
-                concurrency=args.concurrency, max_queue=args.max_queue, block=True, verify=args.verify)
+                concurrency=args.concurrency, max_queue=args.max_queue, block=True, verify=args.verify,
+                validator=args.validator, rustc=rustc)
     return 0
 
 

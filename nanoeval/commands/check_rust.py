@@ -11,6 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
+from nanoeval.rustc import add_validator_args
 from nanotrain.errors import UserError
 
 HELP = "check Rust files: tree-sitter validity, error positions, bracket balance (JSON lines)"
@@ -25,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "error_density (ERROR+MISSING nodes per KB), bracket_balance ((), [], {} outside strings and "
             "comments), errors [{line, col, kind}] (1-based), first_error_line, distinct_3. A folder means "
             "every *.rs file below it; '-' reads stdin. Invalid UTF-8 is decoded with replacement characters "
-            "and flagged (\"utf8_replaced\": true). Exit status 0 unless an input is missing or not a regular "
-            "file (2)."
+            "and flagged (\"utf8_replaced\": true). With --validator rustc or both each line also has "
+            "valid_tree_sitter, valid_rustc and rustc_errors [{line, col, message, excused}], and `valid` is "
+            "rustc's (rustc) or tree-sitter's (both); --summary adds rustc's valid rate, the agreement and the "
+            "files the two disagree on. Exit status 0 unless an input is missing or not a regular file (2)."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="Rust source files, folders of them, or - for stdin")
@@ -42,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print an aggregate table (files, valid rate, mean bracket balance, error density, distinct-3) "
         "instead of the per-file lines",
     )
+    add_validator_args(p)
     p.set_defaults(func=run)
 
 
@@ -95,31 +99,55 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from nanoeval.rust import aggregate, score_sample
+    from nanoeval.rustc import check_texts, find_rustc, validity_summary
 
+    rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" else None
     names = _inputs(args.files)
-    scores = []
+    texts, scores, replaced = [], [], []
     for name in tqdm(names, desc="check-rust", unit="file", disable=None, file=sys.stderr):
-        text, replaced = _read(name)
-        score = score_sample(text, args.truncated)
-        scores.append(score)
-        if args.summary:
-            continue
-        row = {"file": name, **score.to_dict(), "utf8_replaced": replaced}
-        print(json.dumps(row, ensure_ascii=False))
-    if args.summary:
-        agg = aggregate(scores)
-        n_bytes = sum(s.n_bytes for s in scores)
-        rows = [
-            ("files", f"{agg['n']}"),
-            ("bytes", f"{n_bytes}"),
-            ("valid", f"{sum(s.valid for s in scores)}"),
-            ("valid_rate", f"{agg['valid_rate']:.4f}"),
-            ("bracket_balance", f"{agg['bracket_balance']:.4f}"),
-            ("error_density", f"{agg['error_density']:.4f}"),
-            ("distinct_3", f"{agg['distinct_3']:.4f}"),
-            ("truncated", "yes" if args.truncated else "no"),
-        ]
-        width = max(len(k) for k, _ in rows)
-        for key, value in rows:
-            print(f"{key:<{width}}  {value}")
+        text, bad_utf8 = _read(name)
+        texts.append(text)
+        replaced.append(bad_utf8)
+        scores.append(score_sample(text, args.truncated))
+    verdicts = None
+    if rustc is not None:
+        verdicts = check_texts(texts, [args.truncated] * len(texts), rustc, progress=sys.stderr.isatty())
+    if not args.summary:
+        for i, (name, score) in enumerate(zip(names, scores)):
+            row = {"file": name, **score.to_dict(), "utf8_replaced": replaced[i]}
+            if verdicts is not None:
+                v = verdicts[i]
+                row.update(valid=v.valid if args.validator == "rustc" else score.valid,
+                           valid_tree_sitter=None if args.validator == "rustc" else score.valid,
+                           valid_rustc=v.valid, rustc_errors=v.errors)
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    agg = aggregate(scores)
+    n_bytes = sum(s.n_bytes for s in scores)
+    summary = validity_summary(args.validator, None if args.validator == "rustc" else [s.valid for s in scores],
+                               None if verdicts is None else [v.valid for v in verdicts])
+    valid = [v.valid for v in verdicts] if args.validator == "rustc" else [s.valid for s in scores]
+    rows = [
+        ("files", f"{agg['n']}"),
+        ("bytes", f"{n_bytes}"),
+        ("valid", f"{sum(valid)}"),
+        ("valid_rate", f"{sum(valid) / len(valid):.4f}"),
+        ("bracket_balance", f"{agg['bracket_balance']:.4f}"),
+        ("error_density", f"{agg['error_density']:.4f}"),
+        ("distinct_3", f"{agg['distinct_3']:.4f}"),
+        ("truncated", "yes" if args.truncated else "no"),
+    ]
+    if args.validator != "tree-sitter":
+        rows.insert(4, ("validator", args.validator))
+        if args.validator == "both":
+            rows.insert(5, ("valid_rate_rustc", f"{summary['valid_rate_rustc']:.4f}"))
+            rows.insert(6, ("validator_agreement", f"{summary['validator_agreement']:.4f}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if summary["validator_disagreements"]:
+        print("disagreements (tree-sitter / rustc):")
+        for i in summary["validator_disagreements"]:
+            print(f"  {names[i]}  {'valid' if scores[i].valid else 'invalid'} / "
+                  f"{'valid' if verdicts[i].valid else 'invalid'}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanoeval.commands.generate import add_sampling_args, sampling_config
+from nanoeval.rustc import add_validator_args
 
 
 def register(sub) -> None:
@@ -14,8 +15,9 @@ def register(sub) -> None:
         description="Score a checkpoint: held-out CE, bits/byte, perplexity and entropy on the dataset's val split "
                     "(on the causal path sampling uses), then sample completions for a prompt set and score them "
                     "with tree-sitter (truncation-aware validity, error density), a Rust-aware bracket lexer and "
-                    "distinct-3. Writes the score report JSON (--out, default <ckpt>/score.json) and prints a "
-                    "summary. Checkpoints with non-causal layers need --inference-mode bypass.",
+                    "distinct-3 (--validator rustc/both: also with the compiler's parser). Writes the score "
+                    "report JSON (--out, default <ckpt>/score.json) and prints a summary. Checkpoints with "
+                    "non-causal layers need --inference-mode bypass.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
     p.add_argument("--prompts", default="seed",
@@ -36,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--compile-check", action="store_true",
                    help="also compile each sample with `rustc --emit=metadata` and report a compile rate "
                         "(token-limit fragments rarely compile; the rate is strict)")
+    add_validator_args(p, compile_check=True)
     p.set_defaults(func=_run)
 
 
@@ -66,17 +69,19 @@ def _run(args) -> int:
 
     import torch
 
+    from nanoeval.engine import Engine
     from nanoeval.heldout import evaluate_heldout
     from nanoeval.load import load
     from nanoeval.prompts import resolve_prompts
     from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
-    from nanoeval.engine import Engine
+    from nanoeval.rustc import find_rustc
     from nanotrain.dist import resolve_device
     from nanotrain.errors import UserError
 
     t0 = time.perf_counter()
     config = sampling_config(args)
     args.device = str(resolve_device(args.device))
+    rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" or args.compile_check else None
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
     if args.heldout_tokens < 0:
@@ -92,13 +97,14 @@ def _run(args) -> int:
                                    inference_mode=args.inference_mode, progress=True)
     batch = [p for p in prompts for _ in range(args.samples_per_prompt)]
     generation = engine.generate(batch, config, progress=True)
-    records = score_samples(generation.samples, args.metrics)
-    compile_rate = compile_check(records, progress=True) if args.compile_check else None
+    records = score_samples(generation.samples, args.metrics, args.validator, rustc, progress=True)
+    compile_rate = compile_check(records, rustc, progress=True) if args.compile_check else None
     report = build_score_report(
         loaded=loaded, heldout=heldout, dataset_path=None if dataset is None else dataset.folder,
         generation=generation, records=records, prompts_spec=args.prompts,
         samples_per_prompt=args.samples_per_prompt, metrics=args.metrics, compile_rate=compile_rate,
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=time.perf_counter() - t0, validator=args.validator,
+        rustc_info=None if rustc is None else rustc.to_dict(),
     )
     out = args.out if args.out is not None else loaded.folder / "score.json"
     write_json(out, report)

@@ -260,3 +260,28 @@ def test_cli_refuses_missing_runs_folder(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"nanoeval: error: --runs {tmp_path / 'nope'}: no such folder "
                                                 "(train a run first: nanotrain run RECIPE)"]
+
+
+def test_panel_shows_rustc_verdict_beside_tree_sitter(rustc):
+    from apps.demo import Panel, _score
+
+    text = "fn f() { m!(~x); }\n"  # rustc accepts the `~` inside the macro call; tree-sitter does not
+    score = _score(text, False, "both", rustc)
+    assert score["valid"] is False and score["valid_tree_sitter"] is False and score["valid_rustc"] is True
+    panel = Panel(name="a", prompt=text, requested_tokens=8)
+    panel.done, panel.n_tokens, panel.tok_per_s, panel.finish, panel.score = True, 1, 1.0, "eos", score
+    stats = panel.stats_md()
+    assert "tree-sitter: ✗ **invalid**" in stats and "rustc: ✓ **valid**" in stats
+    bad = _score("fn f() {\n    let = 1;\n}\n", False, "rustc", rustc)
+    assert bad["valid"] is False and bad["valid_tree_sitter"] is None
+    panel.score = bad
+    assert "rustc: ✗ **invalid** at line 2" in panel.stats_md() and "tree-sitter" not in panel.stats_md()
+
+
+def test_cli_refuses_an_unfit_rustc(tmp_path):
+    argv = ["app", "--runs", str(tmp_path), "--validator", "rustc", "--rustc", str(tmp_path / "nope")]
+    proc = subprocess.run([sys.executable, "-m", "nanoeval", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    expect = f"nanoeval: error: --rustc {tmp_path / 'nope'}: no such executable"
+    assert proc.stderr.strip().splitlines() == [expect]

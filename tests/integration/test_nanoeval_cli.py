@@ -128,3 +128,35 @@ def test_compare_bad_input_is_a_user_error(tmp_path, capsys):
     assert main(["compare", str(bogus)]) == 2
     assert "not a nanoeval score report" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "missing.json")]) == 2
+
+
+def test_compare_shows_and_ranks_on_either_validator(two_reports, tmp_path, capsys):
+    legacy = json.loads(two_reports[0].read_text())
+    for s in legacy["samples"]:  # a report written before the validator choice: `valid` is tree-sitter's
+        for key in ("valid_tree_sitter", "valid_rustc", "rustc_errors"):
+            s.pop(key)
+    legacy["generation"].pop("validator")
+    paths = []
+    for name, rustc_valid in (("legacy", None), ("none", False), ("all", True)):
+        report = json.loads(json.dumps(legacy))
+        report["checkpoint"]["run"] = name
+        if rustc_valid is not None:
+            report["generation"]["validator"] = "both"
+            for s in report["samples"]:
+                s.update(valid_tree_sitter=s["valid"], valid_rustc=rustc_valid, rustc_errors=[])
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+
+    def table(*flags):
+        assert main(["compare", *map(str, paths), *flags]) == 0
+        lines = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r]
+        return [[c.strip() for c in r.split("|")[1:-1]] for r in lines]
+
+    ts = f"{legacy['generation']['valid_rate']:.3f} ["
+    rows = table()
+    assert rows[0][6] == "valid rate (tree-sitter)" and all(r[6].startswith(ts) for r in rows[1:])
+    rows = table("--validator", "rustc", "--rank")
+    assert rows[0][6] == "valid rate (rustc)"
+    assert [(r[0], r[6][:5]) for r in rows[1:]] == [("all", "1.000"), ("none", "0.000"), ("legacy", "-")]
+    rows = table("--validator", "both")
+    assert rows[0][6:8] == ["valid rate (tree-sitter)", "valid rate (rustc)"] and rows[1][7] == "-"

@@ -22,10 +22,12 @@ HELDOUT = {"split", "ce", "bpb", "ppl", "entropy", "n_tokens", "seq_len", "infer
            "train_mode_gap", "dataset"}
 GENERATION = {"n_samples", "valid_rate", "bracket_balance", "error_density", "distinct_3", "compile_rate",
               "tok_per_s", "n_tokens", "seconds", "finish", "prompts", "samples_per_prompt", "decode",
-              "metrics", "sampling"}
+              "metrics", "sampling", "validator", "valid_rate_tree_sitter", "valid_rate_rustc",
+              "validator_agreement", "validator_disagreements", "rustc"}
 SAMPLING = {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed"}
-SAMPLE = {"prompt", "text", "finish", "n_tokens", "prompt_truncated", "valid", "bracket_balance", "error_density",
-          "distinct_3", "n_errors", "first_error_line", "compiles"}
+SAMPLE = {"prompt", "text", "finish", "n_tokens", "prompt_truncated", "valid", "valid_tree_sitter", "valid_rustc",
+          "rustc_errors", "bracket_balance", "error_density", "distinct_3", "n_errors", "first_error_line",
+          "compiles"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,9 @@ def test_report_values_are_consistent(engram_report, fixture_dataset):
     assert g["n_tokens"] == sum(s["n_tokens"] for s in samples) and g["tok_per_s"] > 0
     assert g["sampling"]["temperature"] == 0.7 and g["sampling"]["top_k"] == 40
     assert g["compile_rate"] is None and all(s["compiles"] is None for s in samples)
+    assert g["validator"] == "tree-sitter" and g["valid_rate_tree_sitter"] == g["valid_rate"]
+    assert g["valid_rate_rustc"] is None and g["validator_agreement"] is None and g["rustc"] is None
+    assert all(s["valid_tree_sitter"] == s["valid"] and s["valid_rustc"] is None for s in samples)
     assert h["bpb"] == pytest.approx(h["ce"] / math.log(2) / Dataset(fixture_dataset).bytes_per_token("val"))
     assert h["ppl"] == pytest.approx(math.exp(h["ce"])) and 0 < h["n_tokens"] <= 512
 
@@ -97,7 +102,51 @@ def test_noncausal_checkpoint_needs_bypass(tiny_checkpoint_factory, fixture_data
     assert r["heldout"]["train_mode_gap"] == pytest.approx(r["heldout"]["ce"] - r["heldout"]["train_mode_ce"])
 
 
-def test_seed_metrics_compile_check_and_prompt_file(tiny_checkpoint_factory, fixture_dataset, tmp_path):
+def test_validator_both_carries_both_verdicts_and_their_agreement(tiny_checkpoint_factory, fixture_dataset,
+                                                                   tmp_path, rustc, capsys):
+    out = tmp_path / "both.json"
+    rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),
+               "--validator", "both", "--rustc", rustc.path, "--out", str(out), *FAST])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    g, samples = r["generation"], r["samples"]
+    assert g["validator"] == "both" and g["rustc"]["path"] == rustc.path
+    ts, rc_ = [s["valid_tree_sitter"] for s in samples], [s["valid_rustc"] for s in samples]
+    assert all(isinstance(v, bool) for v in ts + rc_)
+    assert all(s["valid"] == s["valid_tree_sitter"] for s in samples)
+    assert all(isinstance(s["rustc_errors"], list) for s in samples)
+    differ = [i for i, (a, b) in enumerate(zip(ts, rc_)) if a != b]
+    assert g["validator_disagreements"] == differ
+    assert g["validator_agreement"] == pytest.approx(1 - len(differ) / len(samples))
+    assert g["valid_rate_rustc"] == pytest.approx(sum(rc_) / len(samples))
+    assert g["valid_rate"] == g["valid_rate_tree_sitter"] == pytest.approx(sum(ts) / len(samples))
+    summary = capsys.readouterr().out
+    assert "valid rate (rustc)" in summary and "validator agreement" in summary
+
+
+def test_validator_rustc_makes_rustc_the_verdict(tiny_checkpoint_factory, fixture_dataset, tmp_path, rustc):
+    out = tmp_path / "rustc.json"
+    rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),
+               "--validator", "rustc", "--out", str(out), *FAST])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert all(s["valid"] == s["valid_rustc"] and s["valid_tree_sitter"] is None for s in r["samples"])
+    assert r["generation"]["valid_rate"] == r["generation"]["valid_rate_rustc"]
+    assert r["generation"]["valid_rate_tree_sitter"] is None
+
+
+def test_unfit_rustc_is_a_one_line_error(tiny_checkpoint_factory, fixture_dataset, tmp_path, capsys):
+    fake = tmp_path / "rustc"
+    fake.write_text("#!/bin/sh\necho 'rustc 1.63.0 (4b91a6ea7 2022-08-08)'\n")
+    fake.chmod(0o755)
+    rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),
+               "--validator", "both", "--rustc", str(fake), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"--rustc {fake}: {fake} is 1.63.0; need rustc >= 1.80" in err
+
+
+def test_seed_metrics_compile_check_and_prompt_file(tiny_checkpoint_factory, fixture_dataset, tmp_path, rustc):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "fn add(a: i32, b: i32) -> i32 {"}\n\n{"prompt": "pub struct P {"}\n')
     out = tmp_path / "r.json"

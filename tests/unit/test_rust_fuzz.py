@@ -54,7 +54,7 @@ def _check(text: str, truncated: bool) -> None:
     for e in s.errors:
         assert 1 <= e["line"] <= len(lines)
         line_chars = len(lines[e["line"] - 1].decode("utf-8", "replace"))
-        assert 1 <= e["col"] <= line_chars + 1 and e["kind"] in ("error", "missing")
+        assert 1 <= e["col"] <= line_chars + 1 and e["kind"] in ("error", "missing", "not-item", "no-item-after")
     if not truncated and s.n_errors == 0:
         assert s.valid
 

@@ -215,3 +215,20 @@ def test_tokens_match_the_regex_definition():
     for _ in range(200):
         code = bytes(rng.choice(b"ab_9 \t\n\x0b(){}<>;:'\"\\\x00\x7f\x80\xff") for _ in range(rng.randrange(30)))
         assert tokens(code) == _WORD.findall(code), code
+
+
+@pytest.mark.parametrize("text,truncated,valid", [
+    ("match self {\n    _ => 1,\n}\nfn g() {\n    g(", True, False),  # a statement where an item must stand
+    ("fn f() {}\nlet", True, True),  # on the last, partial line: the cut may be to blame
+    ("impl S {\n    #[inline]\n}\nfn g() {\n    g(", True, False),  # the impl body is closed before the cut
+    ("fn f() {}\n#[derive(Debug)]\n", True, True),  # the item after it was cut off
+    ("fn f() {}\n#[derive(Debug)]\n", False, False),
+    ("foo!(x);\nbar! { y }\nmacro_rules! m { () => {} }\n", False, True),
+    ("foo! { y };\n", False, False),
+    ("foo!(x)\nfn g() {}\n", False, False),
+])
+def test_only_items_where_items_stand(text, truncated, valid):
+    s = score_sample(text, truncated)
+    assert s.valid is valid
+    if not valid:
+        assert {e["kind"] for e in s.errors} & {"not-item", "no-item-after"}
