@@ -101,7 +101,7 @@ def test_full_scale_default_fetches_every_crate_and_the_rustc_tree(monkeypatch, 
 
     real_build = shards.build_dataset
     monkeypatch.setattr(shards, "build_dataset",
-                        lambda src, out, **kw: real_build(src, out, vocab_size=300, split="80/10/10", workers=1,
+                        lambda src, out, **kw: real_build(src, out, vocab_size=300, split="70/15/15", workers=1,
                                                           progress=False))
     path = default.ensure_default_dataset(progress=False, scale="full")
     assert path == tmp_path / "data" / "datasets" / "rust-full"

@@ -191,6 +191,7 @@ def test_compiled_decode_step_decodes_what_the_eager_one_does(recipe, tokenizer)
     equal, and two calls compile nothing new (one graph serves every position and batch)."""
     cfg, _ = get_recipe(recipe).build("tiny")
     cfg.vocab_size, cfg.n_layers, cfg.max_seq_len = tokenizer.get_vocab_size(), 2, 64
+    cfg.engram_layers = [0, 1] if cfg.engram_layers else []
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     prompts = ["fn main() {", "", "struct"]
