@@ -308,11 +308,12 @@ class Engine:
             try:
                 compiled = torch.compile(self._eager_step, mode="reduce-overhead" if cuda else None, fullgraph=True)
                 b = self.batch_size
-                warm = torch.full((b, 1), EOS_ID, dtype=torch.long, device=self.device)
-                for p in (1, 2, 3):  # compiles, then (on CUDA) records the graph; the caches are rewritten later
-                    if cuda:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    compiled(warm, torch.full((b, 1), p, dtype=torch.long, device=self.device))
+                with torch.inference_mode():  # as `_decode_batch` calls it: no guard fails on the first real call
+                    warm = torch.full((b, 1), EOS_ID, dtype=torch.long, device=self.device)
+                    for p in (1, 2, 3):  # compiles, then (on CUDA) records the graph; the caches are rewritten later
+                        if cuda:
+                            torch.compiler.cudagraph_mark_step_begin()
+                        compiled(warm, torch.full((b, 1), p, dtype=torch.long, device=self.device))
                 self._step_fn = compiled
                 self.compiled = True
                 self.cuda_graphs = cuda and counters["inductor"]["cudagraph_skips"] == skips
@@ -380,19 +381,19 @@ class Engine:
             prompt[r, :len(ids)] = torch.tensor(ids)
         lengths += [1] * (b - n)  # compiled: spare rows decode from a one-token prompt, their output unused
         prompt[n:, 0] = EOS_ID
-        prompt = prompt.to(dev)
-        pos = torch.tensor(lengths, device=dev)[:, None]
-        seen = None
-        if config.repetition_penalty != 1.0:
-            seen = torch.zeros(b, self.banned.shape[0], dtype=torch.bool, device=dev)
-            seen.scatter_(1, prompt, True)
-        self._setup_caches(shape)
+        self._setup_caches(shape)  # (normal tensors, like the ones a compiled step was warmed up with)
         step = self._step()
         eager = not self.compiled
         cuda = dev.type == "cuda"
         pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
         try:
             with torch.inference_mode(), (frozen_gains(self.model, self.dtype) if eager else nullcontext()):
+                prompt = prompt.to(dev)
+                pos = torch.tensor(lengths, device=dev)[:, None]
+                seen = None
+                if config.repetition_penalty != 1.0:
+                    seen = torch.zeros(b, self.banned.shape[0], dtype=torch.bool, device=dev)
+                    seen.scatter_(1, prompt, True)
                 logits = self.model(prompt, torch.arange(longest, device=dev), bypass_noncausal=self.bypass,
                                     logits_at=pos[:, 0] - 1).logits[:, 0]
                 for i in range(config.max_new_tokens):
