@@ -12,8 +12,9 @@ How a call runs:
   never change, so on a GPU it is compiled once and replayed as a CUDA graph.
 - Sampling runs on the device, in this order: repetition penalty (CTRL style, on tokens already in the row),
   `<pad>` and ids the tokenizer lacks masked, temperature (0 = greedy argmax), exact top-k (exactly k survive),
-  top-p (the smallest set reaching p), then one draw per row by the exponential race (argmax of p_i / E_i with
-  E_i ~ Exp(1): a draw from p) with a `torch.Generator` seeded by `SamplingConfig.seed`. Same model, prompts,
+  top-p (the smallest set reaching p), then one draw per row among the kept candidates by the exponential race
+  (argmax of p_i / E_i with E_i ~ Exp(1): a draw from p) with a `torch.Generator` seeded by
+  `SamplingConfig.seed`. Same model, prompts,
   config and batch size: the same texts, run to run.
 - The host reads each step's tokens while the device computes the next step (at most one step of lag) and
   detokenizes incrementally: a byte-level BPE token is a fixed byte string, so a row's text grows by its bytes
@@ -147,21 +148,23 @@ def encode_prompt(tokenizer, prompt: str, limit: int) -> tuple[list[int], bool]:
 
 # ------------------------------------------------------------------------------------------------- sampling
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask logits [B, V] outside the exact top-k (exactly k survive, ties broken by index) and outside the top-p
-    set (the smallest prefix of tokens, by decreasing probability, whose total reaches `top_p`; at least one).
-    Masked entries become -inf."""
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        values, index = logits.topk(top_k, dim=-1)
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, index, values)
+def candidates(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens a draw may pick from logits [B, V]: (their logits, their ids), ids None for all V in order.
+
+    Top-k keeps exactly k (ties broken by index, as `topk` breaks them); top-p keeps the smallest prefix of tokens,
+    by decreasing probability, whose total probability reaches `top_p` (always at least one). Dropped candidates
+    get -inf. Working on the k candidates keeps a draw's random numbers to k per row, not the vocabulary."""
+    index = None
+    if 0 < top_k < logits.shape[-1]:
+        logits, index = logits.topk(top_k, dim=-1)  # sorted, largest first
+    elif top_p < 1.0:
+        logits, index = logits.sort(dim=-1, descending=True)
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
+        probs = logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
+        logits = logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return logits, index
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -183,9 +186,11 @@ def pick_tokens(logits: torch.Tensor, config: SamplingConfig, banned: torch.Tens
     logits = logits + banned
     if config.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits / config.temperature, config.top_k, config.top_p).softmax(dim=-1)
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
+    values, index = candidates(logits / config.temperature, config.top_k, config.top_p)
+    probs = values.softmax(dim=-1)
+    race = torch.rand(probs.shape, generator=generator, device=probs.device).log_().neg_()  # Exp(1)
+    choice = (probs / race).argmax(dim=-1)
+    return choice if index is None else index.gather(-1, choice[:, None]).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------ detokenization

@@ -317,7 +317,10 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Copy `state` into `model`. Tied names stored once are fine; missing/extra names, wrong shapes and
     non-finite values (a diverged run) are a UserError naming `source`."""
+    from nanotrain.model.fused import fuse_legacy_names, stack_rows
+
     model = _unwrap(model)
+    state = fuse_legacy_names(state, stack_rows)  # separate q/k/v, gate/up weights of older checkpoints
     own = model.state_dict()
     ptr_of = {n: (t.untyped_storage().data_ptr(), t.storage_offset()) for n, t in own.items()}
     stored_ptrs = {ptr_of[n] for n in state if n in ptr_of}

@@ -1,6 +1,9 @@
 """Grouped-query causal self-attention with RoPE and a static KV cache (seed-spec §2.4).
 
-- Projections `wq` [n_heads*hd, dim], `wk`/`wv` [n_kv_heads*hd, dim], `wo` [dim, n_heads*hd], bias-free.
+- Projections: `wqkv` [(n_heads + 2*n_kv_heads)*hd, dim] holds the q, k and v rows in that order (one matrix
+  product instead of three; Muon still orthogonalises the three blocks one by one, see `row_blocks`), and `wo`
+  [dim, n_heads*hd]; bias-free. Checkpoints with separate `wq`/`wk`/`wv` load through
+  `nanotrain.model.fused.fuse_legacy_names`.
 - RoPE, theta 10000, half-split pairing (x_i, x_{i+hd/2}):
   x'_i = x_i cos - x_{i+hd/2} sin,  x'_{i+hd/2} = x_i sin + x_{i+hd/2} cos,  angle = pos * theta^(-2i/hd).
 - Attention through `F.scaled_dot_product_attention(..., enable_gqa=True)`.
@@ -20,7 +23,7 @@ from torch import nn
 
 from nanotrain.config import ModelConfig
 from nanotrain.model.cache import Positions, write_at
-from nanotrain.model.quant import make_linear
+from nanotrain.model.quant import make_fused_linear, make_linear
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,9 +76,8 @@ class Attention(nn.Module):
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads
         self.head_dim = cfg.dim // cfg.n_heads
-        self.wq = make_linear(cfg.dim, cfg.n_heads * self.head_dim, cfg)
-        self.wk = make_linear(cfg.dim, cfg.n_kv_heads * self.head_dim, cfg)
-        self.wv = make_linear(cfg.dim, cfg.n_kv_heads * self.head_dim, cfg)
+        q_rows, kv_rows = cfg.n_heads * self.head_dim, cfg.n_kv_heads * self.head_dim
+        self.wqkv = make_fused_linear(cfg.dim, (q_rows, kv_rows, kv_rows), cfg)
         self.wo = make_linear(cfg.n_heads * self.head_dim, cfg.dim, cfg)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -83,11 +85,11 @@ class Attention(nn.Module):
         """x [B, T, dim] -> [B, T, dim]. With `at`, keys/values go through `cache` (a cached forward)."""
         b, t, _ = x.shape
         h, hkv = self.n_heads, self.n_kv_heads
-        q = self.wq(x).view(b, t, h, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, hkv, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, hkv, self.head_dim).transpose(1, 2)
+        qkv = self.wqkv(x).view(b, t, h + 2 * hkv, self.head_dim).transpose(1, 2)
+        qk, v = qkv.split((h + hkv, hkv), dim=1)
         if rope is not None:  # q and k heads rotated together: one set of kernels instead of two
-            q, k = apply_rope(torch.cat((q, k), dim=1), *rope).split((h, hkv), dim=1)
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split((h, hkv), dim=1)
         if at is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -97,4 +99,4 @@ class Attention(nn.Module):
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
             bias = at.bias if at.bias.dtype == q.dtype else at.bias.to(q.dtype)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
-        return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.wo(out.transpose(1, 2).reshape(b, t, h * self.head_dim))

@@ -28,6 +28,7 @@ from nanotrain.flat import FlatMirror
 from nanotrain.model.attention import Attention, KVCache, rope_tables
 from nanotrain.model.cache import Positions, read_before, write_at
 from nanotrain.model.engram import Engram, hash_indices, hash_primes, hash_tables
+from nanotrain.model.fused import fuse_legacy_names, stack_rows
 from nanotrain.model.loop import SharedLoopBlock
 from nanotrain.model.mhc import MHCLite, Streams, clamp_mixing_logits_, collapse_streams, expand_streams
 from nanotrain.model.mlp import SwiGLU
@@ -120,6 +121,14 @@ class Block(nn.Module):
         return self.mhc_ffn.apply(streams, ffn_out)
 
 
+def _fuse_legacy_weights(_module, state_dict, *_args) -> None:
+    """Load-time hook: a state dict with separate q/k/v or gate/up weights loads into the fused ones."""
+    fused = fuse_legacy_names(dict(state_dict), stack_rows)
+    if len(fused) != len(state_dict):
+        state_dict.clear()
+        state_dict.update(fused)
+
+
 class GPT(nn.Module):
     """Decoder-only LM; every architecture feature is switched on by `ModelConfig` (see the module docstring)."""
 
@@ -152,6 +161,7 @@ class GPT(nn.Module):
         mult, order = hash_tables(cfg.engram_orders, cfg.engram_heads, hash_primes(cfg.engram_primes))
         self.register_buffer("engram_mult", mult, persistent=False)
         self.register_buffer("engram_order", order, persistent=False)
+        self.register_load_state_dict_pre_hook(_fuse_legacy_weights)
 
     def local_blocks(self) -> list[Block]:
         """The ordinary blocks in depth order (all blocks, or LoopLM's local_before + local_after)."""

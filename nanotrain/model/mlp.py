@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanotrain.config import ModelConfig
-from nanotrain.model.quant import make_linear
+from nanotrain.model.quant import make_fused_linear, make_linear
 
 
 def ffn_hidden_dim(dim: int, mult: float, multiple_of: int) -> int:
@@ -18,14 +18,15 @@ def ffn_hidden_dim(dim: int, mult: float, multiple_of: int) -> int:
 
 
 class SwiGLU(nn.Module):
-    """Gated FFN with three bias-free projections `w_gate`, `w_up`, `w_down`."""
+    """Gated FFN, bias-free: `w_gate_up` [2*hidden, dim] holds the gate rows then the up rows (one matrix product;
+    Muon orthogonalises the two blocks one by one), `w_down` [dim, hidden]."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         hidden = ffn_hidden_dim(cfg.dim, cfg.ffn_mult, cfg.ffn_multiple_of)
-        self.w_gate = make_linear(cfg.dim, hidden, cfg)
-        self.w_up = make_linear(cfg.dim, hidden, cfg)
+        self.w_gate_up = make_fused_linear(cfg.dim, (hidden, hidden), cfg)
         self.w_down = make_linear(hidden, cfg.dim, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)

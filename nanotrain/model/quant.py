@@ -62,3 +62,21 @@ def make_linear(in_features: int, out_features: int, cfg: ModelConfig) -> nn.Lin
         layer = nn.Linear(in_features, out_features, bias=False)
     nn.init.normal_(layer.weight, mean=0.0, std=cfg.init_std)
     return layer
+
+
+def make_fused_linear(in_features: int, blocks: tuple[int, ...], cfg: ModelConfig) -> nn.Linear:
+    """One hidden linear layer whose rows stack `blocks` maps of the same input (`nanotrain.model.fused`). Each
+    block is initialised as `make_linear` initialises a layer of its own, in order, so a model draws the same
+    initial weights whether its projections are fused or not."""
+    from nanotrain.model.fused import set_row_blocks
+
+    parts = [make_linear(in_features, rows, cfg) for rows in blocks]
+    with torch.random.fork_rng(devices=[]):  # the layer's own init draws nothing from the stream
+        if cfg.quant == "ternary":
+            layer: nn.Linear = TernaryLinear(in_features, sum(blocks), cfg.quant_group_size)
+        else:
+            layer = nn.Linear(in_features, sum(blocks), bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([part.weight for part in parts]))
+    set_row_blocks(layer.weight, blocks)
+    return layer

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from nanotrain.config import TrainConfig
 from nanotrain.errors import UserError
+from nanotrain.model.fused import fuse_legacy_names, stack_rows
 from nanotrain.optim.lion import Lion
 from nanotrain.optim.muon import Muon
 
@@ -154,7 +155,7 @@ class Optimizers:
         copies: list[tuple[Tensor, Tensor]] = []          # validate everything before touching any buffer
         for opt_name in ("muon", "lion"):
             opt = dict(self._optimizers()).get(opt_name)
-            saved = state.get(opt_name, {})
+            saved = fuse_legacy_names(state.get(opt_name, {}), _stack_buffers)  # older states: separate q/k/v
             mine = {} if opt is None else {self._names[p]: p for g in opt.param_groups for p in g["params"]}
             missing, unexpected = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
             if missing or unexpected:
@@ -170,6 +171,11 @@ class Optimizers:
         for buf, src in copies:
             buf.copy_(src)
         self.set_lr_scale(float(state.get("lr_scale", 1.0)))
+
+
+def _stack_buffers(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The per-parameter buffers of a fused weight from those of its separate parts (rows in order)."""
+    return {key: stack_rows([part[key] for part in parts]) for key in parts[0]}
 
 
 def _few(names: list[str], n: int = 3) -> str:

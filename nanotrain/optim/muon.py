@@ -8,7 +8,7 @@ The seed's Nesterov form equals β·b_new + (1−β)·g, which is also torch.opt
 with shape scaling on and NS in bf16 this optimizer computes what torch.optim.Muon does, batched and for any rank.
 
 The step is batched: matrices of one group with the same 2-D shape are stacked and orthogonalised by one chain
-of batched matmuls, and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
+of batched matmuls (a fused weight, `nanotrain.model.fused`, counts as its row blocks), and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
 value back to the host, so it never synchronises with the GPU. `step(ok=flag)` gates the update on a device-side
 flag (`nanotrain.optim.gate`): where the flag is false, weights and momentum stay bit-for-bit as they were, and
 the trainer's NaN guard skips a non-finite step without reading anything back. Under DDP the gradients arrive
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nanotrain.model.fused import row_blocks
 from nanotrain.optim.gate import gate_value, zero_grads_unless
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -107,18 +108,25 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            buckets: dict[tuple, list[Tensor]] = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is not None:
-                    buckets[(as_matrix_shape(p.shape), p.dtype, p.device)].append(p)
-            for (shape, _, device), params in buckets.items():
-                self._update_bucket(group, params, shape, device, ok)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = self._momentum(group, params, ok)
+            # a fused weight (`nanotrain.model.fused`) is orthogonalised block by block, like separate matrices
+            buckets: dict[tuple, list[tuple[Tensor, Tensor, int, int]]] = defaultdict(list)
+            for p, u in zip(params, updates):
+                cols = as_matrix_shape(p.shape)[1]
+                start = 0
+                for rows in row_blocks(p):
+                    buckets[((rows, cols), p.dtype, p.device)].append((p, u, start, rows))
+                    start += rows
+            for (shape, _, device), pieces in buckets.items():
+                self._update_bucket(group, pieces, shape, device, ok)
         return loss
 
-    def _update_bucket(self, group: dict[str, Any], params: list[Tensor], shape: tuple[int, int],
-                       device: torch.device, ok: Tensor | None) -> None:
-        """Momentum, Newton–Schulz and the weight update for same-shape parameters, as one batch. With `ok` false,
-        the gradients are zeroed and every coefficient is gated, so the momentum and weights do not move."""
+    def _momentum(self, group: dict[str, Any], params: list[Tensor], ok: Tensor | None) -> list[Tensor]:
+        """Update the momentum buffers of `params` and return their (Nesterov) updates. With `ok` false, the
+        gradients are zeroed and the coefficient gated, so the momentum does not move."""
         beta = group["momentum"]
         grads = [p.grad for p in params]
         bufs = [self.state[p]["momentum_buffer"] for p in params]
@@ -130,17 +138,28 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, [weight] * len(bufs))
         if group["nesterov"]:
             # (1+β)·b_new − β·b_prev == β·b_new + (1−β)·g (substitute b_prev), i.e. lerp(g, b_new, β)
-            updates = torch._foreach_lerp(grads, bufs, beta)
-        else:
-            updates = bufs
+            return torch._foreach_lerp(grads, bufs, beta)
+        return bufs
+
+    def _update_bucket(self, group: dict[str, Any], pieces: list[tuple[Tensor, Tensor, int, int]],
+                       shape: tuple[int, int], device: torch.device, ok: Tensor | None) -> None:
+        """Newton–Schulz and the weight update for same-shape matrices, as one batch: each piece is (parameter,
+        its update, first row, rows), a whole parameter or one row block of a fused one. With `ok` false every
+        coefficient is gated, so the weights do not move."""
         rows, cols = shape
-        stacked = torch.stack([u.reshape(rows, cols) for u in updates])
+
+        def block(t: Tensor, start: int) -> Tensor:
+            matrix = t.view(-1, cols)
+            return matrix if start == 0 and matrix.shape[0] == rows else matrix[start:start + rows]
+
+        stacked = torch.stack([block(u.reshape(-1, cols), start) for _, u, start, _ in pieces])
         ortho = newton_schulz(stacked, group["ns_steps"], dtype=self._ns_dtype_for(device))
         if ok is not None:
             ortho = ortho * ok                                      # a skipped step adds exactly zero
         lr = group["lr"]
         lr_eff = lr * max(1.0, rows / cols) ** 0.5 if group["shape_scaling"] else lr
+        targets = [block(p, start) for p, _, start, _ in pieces]
         if group["weight_decay"] != 0.0:
             decay = 1.0 - lr * group["weight_decay"]
-            torch._foreach_mul_(params, decay if ok is None else gate_value(ok, decay, 1.0, params[0]))
-        torch._foreach_add_(params, [o.reshape(p.shape) for o, p in zip(ortho.unbind(0), params)], alpha=-lr_eff)
+            torch._foreach_mul_(targets, decay if ok is None else gate_value(ok, decay, 1.0, targets[0]))
+        torch._foreach_add_(targets, list(ortho.unbind(0)), alpha=-lr_eff)

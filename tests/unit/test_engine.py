@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import nanoeval
-from nanoeval.engine import (Detokenizer, Engine, SamplingConfig, apply_repetition_penalty, filter_logits,
-                             pick_tokens)
+from nanoeval.engine import Detokenizer, Engine, SamplingConfig, apply_repetition_penalty, candidates, pick_tokens
 from nanoeval.prompts import SEED_PROMPTS
 from nanotrain.data.shards import Dataset
 from nanotrain.data.tokenizer import EOS_ID, PAD_ID
@@ -89,28 +88,37 @@ def engine_ids(gen) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------- logit filters
 
 
+def kept(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> list[list[int]]:
+    """The ids each row may still draw after the filters."""
+    values, index = candidates(logits, top_k, top_p)
+    ids = torch.arange(logits.shape[-1]).expand_as(logits) if index is None else index
+    return [sorted(ids[r][torch.isfinite(values[r])].tolist()) for r in range(logits.shape[0])]
+
+
 def test_top_k_keeps_exactly_k_even_with_ties():
     logits = torch.tensor([[5.0, 3.0, 3.0, 3.0, 1.0, 0.0]])
-    kept = torch.isfinite(filter_logits(logits, top_k=2))
-    assert kept.sum().item() == 2  # the seed's threshold rule would keep 4 here (all ties of the k+1-th value)
-    assert kept[0, 0]
-    assert torch.equal(filter_logits(logits, top_k=2)[kept], logits[kept])
+    (ids,) = kept(logits, top_k=2)
+    assert len(ids) == 2 and ids[0] == 0  # the seed's threshold rule would keep 4 here (all ties of the k+1-th)
+    values, index = candidates(logits, top_k=2)
+    assert torch.equal(values, logits.gather(1, index))
 
 
 def test_top_k_zero_or_vocab_keeps_all():
     logits = torch.randn(3, 10)
-    assert torch.equal(filter_logits(logits, top_k=0), logits)
-    assert torch.equal(filter_logits(logits, top_k=10), logits)
+    for k in (0, 10):
+        values, index = candidates(logits, top_k=k)
+        assert index is None and torch.equal(values, logits)
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
-    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[True, True, False, False]]
-    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
-    assert torch.isfinite(filter_logits(logits, top_p=0.1)).tolist() == [[True, False, False, False]]
+    assert kept(logits, top_p=0.8) == [[0, 1]]
+    assert kept(logits, top_p=0.81) == [[0, 1, 2]]
+    assert kept(logits, top_p=0.1) == [[0]]
     shuffled = logits[:, [2, 0, 3, 1]]
-    assert torch.isfinite(filter_logits(shuffled, top_p=0.8)).tolist() == [[False, True, False, True]]
+    assert kept(shuffled, top_p=0.8) == [[1, 3]]
+    assert kept(shuffled, top_k=3, top_p=0.8) == [[1, 3]]
 
 
 def test_repetition_penalty_makes_seen_tokens_less_likely():
@@ -129,9 +137,10 @@ def test_pick_tokens_draws_from_the_filtered_softmax(temperature, top_k, top_p):
     banned = torch.zeros(7)
     banned[6] = float("-inf")  # e.g. <pad>: the largest logit, never drawn
     config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    allowed = logits[0, :6]
+    values, index = candidates((logits[:1, :6] / temperature), top_k, top_p)
+    ids = torch.arange(6) if index is None else index[0]
     want = torch.zeros(7)
-    want[:6] = filter_logits((allowed / temperature)[None], top_k, top_p)[0].softmax(0)
+    want[ids] = values[0].softmax(0)
     got = pick_tokens(logits, config, banned, None, torch.Generator().manual_seed(0))
     freq = torch.bincount(got, minlength=7).float() / got.numel()
     assert (freq - want).abs().max() < 0.015, (freq, want)

@@ -35,9 +35,10 @@ def test_gqa_maps_query_head_h_to_kv_head_h_div_group_with_a_causal_mask():
     x = torch.randn(2, 6, 32)
     cos, sin = rope_tables(8, 16, 10000.0)
     rope = (cos[:6], sin[:6])
-    q = apply_rope(attn.wq(x).view(2, 6, 4, 8).transpose(1, 2), *rope)
-    k = apply_rope(attn.wk(x).view(2, 6, 2, 8).transpose(1, 2), *rope)
-    v = attn.wv(x).view(2, 6, 2, 8).transpose(1, 2)
+    wq, wk, wv = attn.wqkv.weight.split((32, 16, 16))  # q rows, then k, then v
+    q = apply_rope((x @ wq.T).view(2, 6, 4, 8).transpose(1, 2), *rope)
+    k = apply_rope((x @ wk.T).view(2, 6, 2, 8).transpose(1, 2), *rope)
+    v = (x @ wv.T).view(2, 6, 2, 8).transpose(1, 2)
     k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
     scores = scores.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
@@ -63,9 +64,11 @@ def test_swiglu_width_and_formula():
     cfg = ModelConfig(dim=16, ffn_mult=3.0, ffn_multiple_of=8)
     ffn = SwiGLU(cfg)
     x = torch.randn(3, 16)
-    expected = ffn.w_down(torch.nn.functional.silu(ffn.w_gate(x)) * ffn.w_up(x))
+    w_gate, w_up = ffn.w_gate_up.weight.split(48)  # gate rows, then up rows
+    expected = ffn.w_down(torch.nn.functional.silu(x @ w_gate.T) * (x @ w_up.T))
     torch.testing.assert_close(ffn(x), expected)
-    assert ffn.w_gate.bias is None and ffn.w_gate.weight.shape == (48, 16)
+    assert ffn.w_gate_up.bias is None and ffn.w_gate_up.weight.shape == (96, 16)
+    assert ffn.w_gate_up.weight.row_blocks == (48, 48)
 
 
 def test_rmsnorm_formula_and_dtype():
@@ -76,3 +79,35 @@ def test_rmsnorm_formula_and_dtype():
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     torch.testing.assert_close(norm(x), expected)
     assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_separate_projections_of_older_checkpoints_load_into_the_fused_weights():
+    """A state dict with wq/wk/wv and w_gate/w_up (as checkpoints were written before the fusion) loads into the
+    fused weights, rows stacked in order, through `load_state_dict` and through the checkpoint loader's helper."""
+    from nanotrain.model.fused import fuse_legacy_names, stack_rows
+    from nanotrain.model.gpt import GPT
+
+    cfg = ModelConfig(dim=32, n_heads=4, n_kv_heads=2, n_layers=2, vocab_size=64, max_seq_len=16)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    legacy = {}
+    for name, t in model.state_dict().items():
+        if name.endswith("attn.wqkv.weight"):
+            for part, rows in zip(("wq", "wk", "wv"), t.split((32, 16, 16))):
+                legacy[name.replace("wqkv", part)] = rows.clone()
+        elif name.endswith("ffn.w_gate_up.weight"):
+            for part, rows in zip(("w_gate", "w_up"), t.chunk(2)):
+                legacy[name.replace("w_gate_up", part)] = rows.clone()
+        else:
+            legacy[name] = t.clone()
+    assert not any("wqkv" in n or "w_gate_up" in n for n in legacy)
+    fresh = GPT(cfg)
+    fresh.load_state_dict(legacy)
+    idx = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx).logits, model(idx).logits, rtol=0, atol=0)
+    fused = fuse_legacy_names(legacy, stack_rows)
+    assert set(fused) == set(model.state_dict())
+    assert all(torch.equal(fused[n], t) for n, t in model.state_dict().items())
+    partial = {k: v for k, v in legacy.items() if not k.endswith("attn.wk.weight")}
+    assert "blocks.0.attn.wq.weight" in fuse_legacy_names(partial, stack_rows)  # an incomplete set stays as it is

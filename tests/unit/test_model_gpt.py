@@ -84,7 +84,7 @@ def test_head_is_tied_and_state_dict_saves_without_shared_storage(tmp_path):
     names = [n for n, _ in model.named_parameters()]
     big = [n for n, p in model.named_parameters() if p.shape[0] == model.cfg.vocab_size]
     assert big == ["tok_embed.weight"]
-    assert "norm_final.weight" in names and "blocks.0.attn.wq.weight" in names and "blocks.0.ffn.w_gate.weight" in names
+    assert {"norm_final.weight", "blocks.0.attn.wqkv.weight", "blocks.0.ffn.w_gate_up.weight"} <= set(names)
     idx = torch.randint(0, 4096, (1, 8))
     before = model(idx).logits
     with torch.no_grad():
@@ -98,7 +98,8 @@ def test_head_is_tied_and_state_dict_saves_without_shared_storage(tmp_path):
 def test_init_is_normal_002_for_embedding_and_hidden_linears():
     model = build(tiny("baseline"))
     assert abs(model.tok_embed.weight.std().item() - 0.02) < 0.001
-    assert abs(model.blocks[0].ffn.w_up.weight.std().item() - 0.02) < 0.001
+    assert abs(model.blocks[0].ffn.w_gate_up.weight.std().item() - 0.02) < 0.001
+    assert abs(model.blocks[0].attn.wqkv.weight.std().item() - 0.02) < 0.001
     assert abs(model.blocks[0].attn.wo.weight.std().item() - 0.02) < 0.001
     assert torch.all(model.norm_final.weight == 1)
 

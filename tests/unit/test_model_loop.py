@@ -21,8 +21,8 @@ def loop_model(loops: int = 3) -> GPT:
 def test_structure_shares_one_block_and_keeps_a_kv_cache_per_iteration():
     model = loop_model(3)
     names = [n for n, _ in model.named_parameters()]
-    assert "local_before.0.attn.wq.weight" in names and "local_after.0.ffn.w_up.weight" in names
-    assert sum(n.startswith("shared_loop.attn.wq") for n in names) == 1
+    assert "local_before.0.attn.wqkv.weight" in names and "local_after.0.ffn.w_gate_up.weight" in names
+    assert sum(n.startswith("shared_loop.attn.wqkv") for n in names) == 1
     assert {"shared_loop.g_qk.weight", "shared_loop.g_ffn.weight", "shared_loop.exit_gate.weight",
             "shared_loop.exit_gate.bias"} <= set(names)
     assert len(model.shared_loop.kv_caches) == 3

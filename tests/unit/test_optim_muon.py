@@ -81,6 +81,39 @@ def test_muon_matches_per_matrix_reference(nesterov: bool, shape_scaling: bool, 
             torch.testing.assert_close(opt.state[p]["momentum_buffer"], b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape_scaling,wd", [(False, 0.0), (True, 0.1)])
+def test_fused_weight_steps_exactly_like_its_separate_blocks(shape_scaling: bool, wd: float) -> None:
+    """A weight marked with row blocks (q/k/v stacked) is updated as the separate matrices are, bit for bit: each
+    block orthogonalised on its own, batched with the other matrices of its shape."""
+    from nanotrain.model.fused import set_row_blocks
+
+    torch.manual_seed(2)
+    blocks = [torch.randn(8, 6), torch.randn(4, 6), torch.randn(4, 6)]
+    other = torch.randn(4, 6)  # shares a shape with two blocks: same bucket
+    fused = torch.nn.Parameter(torch.cat(blocks))
+    set_row_blocks(fused, (8, 4, 4))
+    fused_other = torch.nn.Parameter(other.clone())
+    separate = [torch.nn.Parameter(b.clone()) for b in blocks] + [torch.nn.Parameter(other.clone())]
+    kw = dict(lr=0.02, momentum=0.95, shape_scaling=shape_scaling, weight_decay=wd)
+    opt_f, opt_s = Muon([fused, fused_other], **kw), Muon(separate, **kw)
+    for _ in range(3):
+        grads = [torch.randn(8, 6), torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)]
+        fused.grad, fused_other.grad = torch.cat(grads[:3]), grads[3].clone()
+        for p, g in zip(separate, grads):
+            p.grad = g.clone()
+        opt_f.step()
+        opt_s.step()
+    assert torch.equal(fused.detach(), torch.cat([p.detach() for p in separate[:3]]))
+    assert torch.equal(fused_other.detach(), separate[3].detach())
+    # the marking matters: the same stacked weight unmarked is orthogonalised as one 16x6 matrix
+    marked, unmarked = (torch.nn.Parameter(torch.cat(blocks)) for _ in range(2))
+    set_row_blocks(marked, (8, 4, 4))
+    for p in (marked, unmarked):
+        p.grad = torch.cat(grads[:3])
+        Muon([p], **kw).step()
+    assert not torch.allclose(marked.detach(), unmarked.detach(), atol=1e-4)
+
+
 def test_muon_skips_params_without_grad_and_freezes_zero_grads() -> None:
     torch.manual_seed(2)
     a, b, c = (torch.nn.Parameter(torch.randn(4, 4)) for _ in range(3))
