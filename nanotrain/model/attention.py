@@ -67,6 +67,15 @@ class KVCache(nn.Module):
         write_at(self.k, 2, at, k)
         write_at(self.v, 2, at, v)
 
+    def keys(self, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `rows` rows at positions 0..length-1 (views: no copy)."""
+        k, v = self.k, self.v
+        if rows != k.shape[0]:
+            k, v = k[:rows], v[:rows]
+        if length != k.shape[2]:
+            k, v = k.narrow(2, 0, length), v.narrow(2, 0, length)
+        return k, v
+
 
 class Attention(nn.Module):
     """Causal GQA attention; RoPE is optional so the LoopLM shared block can run without it (spec §6.7)."""
@@ -94,7 +103,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             cache.write(k, v, at)
-            keys, values = cache.k[:b, :, :at.length], cache.v[:b, :, :at.length]
+            keys, values = cache.keys(b, at.length)
             if keys.dtype != q.dtype:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
             bias = at.bias if at.bias.dtype == q.dtype else at.bias.to(q.dtype)

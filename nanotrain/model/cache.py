@@ -48,7 +48,8 @@ def write_at(buf: torch.Tensor, dim: int, at: Positions, values: torch.Tensor) -
         index = at._index[key] = at.pos.view(shape).expand(values.shape)
     if values.dtype != buf.dtype:
         values = values.to(buf.dtype)
-    buf[:values.shape[0]].scatter_(dim, index, values)
+    rows = values.shape[0]
+    (buf if rows == buf.shape[0] else buf[:rows]).scatter_(dim, index, values)
 
 
 def read_before(buf: torch.Tensor, start: torch.Tensor, n: int) -> torch.Tensor:

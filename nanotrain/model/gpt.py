@@ -92,6 +92,7 @@ class Block(nn.Module):
         self.mhc_attn = MHCLite(cfg.mhc_streams, cfg.mhc_init)
         self.mhc_ffn = MHCLite(cfg.mhc_streams, cfg.mhc_init)
         self.engram = Engram(cfg) if engram else None
+        self.is_wavefield = wavefield  # (a plain bool: hasattr on a module costs an exception when it is absent)
         if wavefield:
             self.wavefield = WavefieldAttention(cfg)
         else:
@@ -102,7 +103,7 @@ class Block(nn.Module):
     @property
     def noncausal(self) -> bool:
         """True for a bidirectional wavefield layer."""
-        return hasattr(self, "wavefield") and not self.wavefield.causal
+        return self.is_wavefield and not self.wavefield.causal
 
     def forward(self, streams: Streams, rope: tuple[torch.Tensor, torch.Tensor],
                 hash_idx: torch.Tensor | None, at: Positions | None, bypass_noncausal: bool) -> Streams:
@@ -112,7 +113,7 @@ class Block(nn.Module):
             if self.engram is not None:
                 u = self.engram(u, hash_idx, at)
             normed = self.norm_attn(u)
-            if hasattr(self, "wavefield"):
+            if self.is_wavefield:
                 mixed = self.wavefield(normed, at)
             else:
                 mixed = self.attn(normed, rope, at, self.kv_cache)
