@@ -172,12 +172,18 @@ class MHCLite(nn.Module):
         """Streams -> the sub-layer input [B, T, dim]: sum_i h_pre[i] X_i."""
         if self.n_streams == 1:
             return streams[0]
+        if self.n_streams == 2 and self._frozen is not None and not torch.compiler.is_compiling():  # plain form
+            (p, q), (a, b) = streams, self._scalars("read", streams[0].dtype)
+            return torch.addcmul(p * a, q, b)
         return self._weighted_sum(self._scalars("read", streams[0].dtype), streams)
 
     def apply(self, streams: Streams, out: torch.Tensor) -> Streams:
         """Add h_post[i]*out to stream i, then mix (for N=2: P' = P + g_p out, Q' = c Q + g_q out)."""
         if self.n_streams == 1:
             return (streams[0] + out,)
+        if self.n_streams == 2 and self._frozen is not None and not torch.compiler.is_compiling():
+            (p, q), ((_, c), (g_p, g_q), _) = streams, self._scalars("write", out.dtype)
+            return torch.addcmul(p, out, g_p), torch.addcmul(q * c, out, g_q)  # the plain form, fewer steps
         scales, gains, mix_rows = self._scalars("write", streams[0].dtype)
         # N>2: X'_j = sum_i M[j, i] X_i + (M h_post)_j out, all pointwise
         mixed = streams if mix_rows is None else tuple(self._weighted_sum(row, streams) for row in mix_rows)
