@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS_DIR, cpu_name, format_table, run_cli, write_json  # noqa: E402
+from benchmarks.common import cpu_name, format_table, run_cli, write_json  # noqa: E402
 from nanotrain.errors import UserError  # noqa: E402
 from nanotrain.paths import data_root, default_dataset_dir  # noqa: E402
 

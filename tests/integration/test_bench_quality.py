@@ -7,27 +7,14 @@ this process: `nanotrain run`, the reference with AdamW, `nanoeval score` of bot
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from test_train_cli import TEST_TRAIN, small_tiny  # noqa: F401  (fixture)
 from test_train_corpus import fixture_dataset, one_thread  # noqa: F401  (fixtures)
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"nanolab_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.unit.test_benchmarks import load
 
 
 @pytest.fixture(scope="module")
