@@ -336,12 +336,14 @@ class Engine:
 
         t0 = time.perf_counter()
         samples: list[Sample] = []
-        with tqdm(total=len(prompts), desc="sampling", unit="sample", disable=not progress, leave=False) as bar:
-            finished = 0
+        # the bar counts token slots (samples x max_new_tokens); a sample that ends early fills its remaining slots
+        with tqdm(total=len(prompts) * config.max_new_tokens, desc="sampling", unit="tok", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            done = 0
             for samples in self.stream(prompts, config, on_token=on_token):
-                now = sum(1 for s in samples if s.finish)
-                bar.update(now - finished)
-                finished = now
+                now = sum(config.max_new_tokens if s.finish else s.n_tokens for s in samples)
+                bar.update(now - done)
+                done = now
         seconds = time.perf_counter() - t0
         n_tokens = sum(s.n_tokens for s in samples)
         return Generation(samples=samples, n_tokens=n_tokens, seconds=seconds,
