@@ -36,7 +36,8 @@ tests run the form compiled GPU training uses) and "plain" otherwise (eager, and
 The 0-dim gains come from the parameters through ~18 tiny ops per sub-layer (sigmoids, sums, differences). Inside
 `frozen_gains(model)` (what the inference engine runs its eager decode steps in) they are computed once on entry
 and reused by every call: the same values, so the same outputs bit for bit, and ~18 fewer kernel launches per
-sub-layer and step. Compiled code computes them in its graph, where they fuse.
+sub-layer and step. There, N=2's prepare and apply also take a shorter Python path to the same "plain" ops (eager
+decoding is bound by the host's time per op). Compiled code computes the gains in its graph, where they fuse.
 
 Initialisation (`mhc_init`):
 - "seed": the original, fully symmetric init (alpha_logit 0, pre/post logits 0, biases 0.5). Both streams stay
@@ -182,7 +183,7 @@ class MHCLite(nn.Module):
         if self.n_streams == 1:
             return (streams[0] + out,)
         if self.n_streams == 2 and self._frozen is not None and not torch.compiler.is_compiling():
-            (p, q), ((_, c), (g_p, g_q), _) = streams, self._scalars("write", out.dtype)
+            (p, q), ((_, c), (g_p, g_q), _) = streams, self._scalars("write", streams[0].dtype)
             return torch.addcmul(p, out, g_p), torch.addcmul(q * c, out, g_q)  # the plain form, fewer steps
         scales, gains, mix_rows = self._scalars("write", streams[0].dtype)
         # N>2: X'_j = sum_i M[j, i] X_i + (M h_post)_j out, all pointwise
