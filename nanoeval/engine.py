@@ -289,9 +289,8 @@ class Engine:
         """Make the model's caches for `shape`, unless this engine's own caches of that shape are still in place
         (another engine or `setup_cache` call may have replaced them: a compiled step must not keep writing
         tensors the model no longer holds)."""
-        if self._step_fn is not None and self.model.cache_positions is self._caches and self._caches is not None \
-                and self.model.cache_shape == shape:
-            return
+        if self._step_fn is not None and self.model.cache_positions is self._caches and self.model.cache_shape == shape:
+            return  # (a step is only made after this engine's caches: `_caches` is set then)
         self.model.setup_cache(shape[0], shape[1], device=self.device, dtype=self.dtype)
         self._caches = self.model.cache_positions
         if self.compile:

@@ -138,6 +138,7 @@ class GPT(nn.Module):
         validate_config(cfg)
         self.cfg = cfg
         self._clamp_modules: list[MHCLite] | None = None  # after_optimizer_step's list, made on its first call
+        self._noncausal: list[int] | None = None  # noncausal_layers(), made on its first call
         self._clamp_mirror = FlatMirror()
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         nn.init.normal_(self.tok_embed.weight, mean=0.0, std=cfg.init_std)
@@ -176,8 +177,11 @@ class GPT(nn.Module):
         return not self.noncausal_layers()
 
     def noncausal_layers(self) -> list[int]:
-        """Indices of the bidirectional (non-causal) wavefield layers."""
-        return [i for i, block in enumerate(self.local_blocks()) if block.noncausal]
+        """Indices of the bidirectional (non-causal) wavefield layers (fixed by the config: listed once, since every
+        cached forward asks)."""
+        if self._noncausal is None:
+            self._noncausal = [i for i, block in enumerate(self.local_blocks()) if block.noncausal]
+        return list(self._noncausal)
 
     @property
     def has_unused_parameters(self) -> bool:
