@@ -396,12 +396,15 @@ class Engine:
             with torch.inference_mode(), (frozen_gains(self.model, self.dtype) if eager else nullcontext()):
                 prompt = prompt.to(dev)
                 pos = torch.tensor(lengths, device=dev)[:, None]
+                if eager and len(set(lengths)) == 1:
+                    pos = pos[0]  # every row at the same position: one vector for all (slices, no mask on a CPU)
                 seen = None
                 if config.repetition_penalty != 1.0:
                     seen = torch.zeros(b, self.banned.shape[0], dtype=torch.bool, device=dev)
                     seen.scatter_(1, prompt, True)
+                last = torch.tensor(lengths, device=dev) - 1
                 logits = self.model(prompt, torch.arange(longest, device=dev), bypass_noncausal=self.bypass,
-                                    logits_at=pos[:, 0] - 1).logits[:, 0]
+                                    logits_at=last, kv_len=longest if eager else None).logits[:, 0]
                 for i in range(config.max_new_tokens):
                     tokens = pick_tokens(logits, config, self.banned, seen, generator)
                     if seen is not None:

@@ -106,6 +106,9 @@ class Attention(nn.Module):
             keys, values = cache.keys(b, at.length)
             if keys.dtype != q.dtype:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
-            bias = at.bias if at.bias.dtype == q.dtype else at.bias.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
+            if at.mask_free or at.square_causal:
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=at.square_causal, enable_gqa=True)
+            else:
+                bias = at.bias if at.bias.dtype == q.dtype else at.bias.to(q.dtype)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(b, t, h * self.head_dim))

@@ -6,6 +6,11 @@ different lengths decode in one batch, each row at its own position. Every cache
 the position as its dim 1 or 2; a call writes its tokens' entries at their positions (`write_at`) and reads
 what it needs by position (`read_before`, or the attention mask), so the shapes of a decode step never depend on
 the position and one compiled graph serves every step.
+
+When every row sits at the same positions and the first one is known on the host (`start`: the caller passed
+one position vector for all rows, on the CPU, where reading it costs no device sync), the same reads and writes
+are slices instead of per-row gathers and scatters, and a call whose queries see every key it reads needs no
+mask at all. Same values either way; a batch-1 decode step runs about as many ops as a plain decoder's.
 """
 
 from __future__ import annotations
@@ -17,29 +22,65 @@ import torch
 
 @dataclass
 class Positions:
-    """The positions of one cached call: `pos` [B, T] and the attention mask [B, 1, T, L] (key position <= query
-    position) over the first L cache positions, made once per call and shared by every layer. `keep` is the mask
-    as booleans, `bias` the same as an additive float mask (0 or -inf; SDPA takes it without converting)."""
+    """The positions of one cached call: `pos` [B, T] over the first `length` (L) cache positions
+    (`key_positions`), and `start`, every row's first position when all rows share them and it is known on the
+    host (None otherwise). The attention mask (key position <= query position) is made on first use and shared
+    by every layer: `keep` as booleans [B, 1, T, L], `bias` as an additive float mask (0 or -inf; SDPA takes it
+    without converting). Both are None when no key needs masking (`mask_free`)."""
 
     pos: torch.Tensor
-    keep: torch.Tensor
-    bias: torch.Tensor
+    key_positions: torch.Tensor
+    dtype: torch.dtype
+    start: int | None = None
+    _mask: tuple | None = None
     _index: dict = field(default_factory=dict)  # write index per (dim, shape): layers of one shape share it
+
+    @classmethod
+    def make(cls, pos: torch.Tensor, key_positions: torch.Tensor, dtype: torch.dtype,
+             start: int | None = None) -> Positions:
+        return cls(pos, key_positions, dtype, start)
 
     @property
     def length(self) -> int:
         """L: how many cache positions the call reads."""
-        return self.keep.shape[-1]
+        return self.key_positions.shape[0]
 
-    @classmethod
-    def make(cls, pos: torch.Tensor, key_positions: torch.Tensor, dtype: torch.dtype) -> Positions:
-        keep = key_positions[None, None, None, :] <= pos[:, None, :, None]
-        bias = torch.zeros(keep.shape, dtype=dtype, device=pos.device).masked_fill_(~keep, float("-inf"))
-        return cls(pos, keep, bias)
+    @property
+    def mask_free(self) -> bool:
+        """True when every query may read every key: one shared position per row that is the last key."""
+        return self.start is not None and self.pos.shape[1] == 1 and self.length == self.start + 1
+
+    @property
+    def square_causal(self) -> bool:
+        """True when the call is a plain causal square: shared positions 0..T-1 over exactly T keys."""
+        return self.start == 0 and self.length == self.pos.shape[1]
+
+    def _masks(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self._mask is None:
+            if self.mask_free:
+                self._mask = (None, None)
+            else:
+                keep = self.key_positions[None, None, None, :] <= self.pos[:, None, :, None]
+                bias = torch.zeros(keep.shape, dtype=self.dtype, device=keep.device)
+                self._mask = (keep, bias.masked_fill_(~keep, float("-inf")))
+        return self._mask
+
+    @property
+    def keep(self) -> torch.Tensor | None:
+        return self._masks()[0]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._masks()[1]
 
 
 def write_at(buf: torch.Tensor, dim: int, at: Positions, values: torch.Tensor) -> None:
     """buf[b, ..., pos[b, t], ...] = values[b, ..., t, ...] along `dim` (1 or 2), in place, for rows b < B."""
+    rows = values.shape[0]
+    target = buf if rows == buf.shape[0] else buf[:rows]
+    if at.start is not None:
+        target.narrow(dim, at.start, values.shape[dim]).copy_(values)
+        return
     key = (dim, values.shape)
     index = at._index.get(key)
     if index is None:
@@ -48,15 +89,16 @@ def write_at(buf: torch.Tensor, dim: int, at: Positions, values: torch.Tensor) -
         index = at._index[key] = at.pos.view(shape).expand(values.shape)
     if values.dtype != buf.dtype:
         values = values.to(buf.dtype)
-    rows = values.shape[0]
-    (buf if rows == buf.shape[0] else buf[:rows]).scatter_(dim, index, values)
+    target.scatter_(dim, index, values)
 
 
-def read_before(buf: torch.Tensor, start: torch.Tensor, n: int) -> torch.Tensor:
-    """buf[b, start[b]-n : start[b]] along dim 1 for each row b < len(start): [B, n, ...], zeros before position 0."""
-    b = start.shape[0]
-    back = start[:, None] - torch.arange(n, 0, -1, device=buf.device)
-    index = back.clamp(min=0).view(b, n, *([1] * (buf.dim() - 2))).expand(b, n, *buf.shape[2:])
-    rows = buf[:b].gather(1, index)
+def read_before(buf: torch.Tensor, at: Positions, n: int) -> torch.Tensor:
+    """buf[b, p_b-n : p_b] along dim 1 for each row b < B, where p_b is the row's first position in the call:
+    [B, n, ...], zeros before position 0."""
+    b = at.pos.shape[0]
+    if at.start is not None and at.start >= n:
+        return buf[:b].narrow(1, at.start - n, n)
+    back = at.pos[:, :1] - torch.arange(n, 0, -1, device=buf.device)  # [B, n]
+    rows = buf[torch.arange(b, device=buf.device)[:, None], back.clamp(min=0)]
     keep = (back >= 0).view(b, n, *([1] * (buf.dim() - 2)))
     return torch.where(keep, rows, torch.zeros((), dtype=buf.dtype, device=buf.device))

@@ -197,5 +197,5 @@ class Engram(nn.Module):
             if self.conv_cache is None:
                 raise RuntimeError("Engram cache not set up: call model.setup_cache(batch_size) first")
             write_at(self.conv_cache, 1, at, z)
-            past = read_before(self.conv_cache, at.pos[:, 0], self.conv_weight.shape[-1] - 1)
+            past = read_before(self.conv_cache, at, self.conv_weight.shape[-1] - 1)
         return u + causal_depthwise_conv(z, self.conv_weight, past)

@@ -243,7 +243,7 @@ class GPT(nn.Module):
         history = None
         if at is not None:
             write_at(self.id_cache, 1, at, idx)
-            history = read_before(self.id_cache, at.pos[:, 0], max(cfg.engram_orders) - 1)
+            history = read_before(self.id_cache, at, max(cfg.engram_orders) - 1)
         return hash_indices(idx, history, self.engram_mult, self.engram_order, cfg.engram_table_size)
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, *, bypass_noncausal: bool = False,
@@ -251,7 +251,8 @@ class GPT(nn.Module):
         """idx [B, T] token ids -> ModelOutput.
 
         `input_pos` [B, T] (or [T] for every row) runs the cached forward: each row's positions are consecutive
-        and below the cache length, which the caller keeps to (checking it would cost a device sync).
+        and below the cache length, which the caller keeps to (checking it would cost a device sync). A [T]
+        vector on the CPU lets the caches use slices instead of per-row indexing (`nanotrain.model.cache`).
         `kv_len` (eager decoding) tells the cached forward that no position is at or above it, so attention reads
         only the first `kv_len` cache positions; without it every step reads the whole cache (one shape for
         every step, as a compiled step needs).
@@ -271,8 +272,12 @@ class GPT(nn.Module):
             if self.cache_positions is None:
                 raise RuntimeError("caches not set up: call model.setup_cache(batch_size) before a cached forward")
             pos = input_pos.expand(b, t)
-            at = Positions.make(pos, self.cache_positions[:kv_len], self.tok_embed.weight.dtype)
-            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+            start = int(input_pos[0]) if input_pos.dim() == 1 and input_pos.device.type == "cpu" else None
+            at = Positions.make(pos, self.cache_positions[:kv_len], self.tok_embed.weight.dtype, start)
+            if start is None:
+                rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+            else:
+                rope = (self.rope_cos[start:start + t], self.rope_sin[start:start + t])
         hash_idx = self._hash_indices(idx, at) if cfg.engram_layers else None
         streams = expand_streams(self.tok_embed(idx), cfg.mhc_streams)
         exit_probs: list[torch.Tensor] = []

@@ -163,6 +163,8 @@ class WavefieldAttention(nn.Module):
             write_at(self.value_cache, 1, at, s)
             keys = self.value_cache[:b, :at.length].to(s.dtype)
             k_pos = torch.arange(at.length, device=s.device)
-            mix = self.mixing_matrices(at.pos, k_pos) * at.keep  # [B, H, T, L]
+            mix = self.mixing_matrices(at.pos, k_pos)  # [B, H, T, L]
+            if at.keep is not None:
+                mix = mix * at.keep
             mixed = torch.einsum("bhqk,bkhd->bqhd", mix.to(s.dtype), keys)
         return torch.einsum("hg,bqgd->bqhd", self.coupling().to(mixed.dtype), mixed)

@@ -180,6 +180,27 @@ def test_greedy_engine_equals_the_full_forward_recomputed_per_token(recipe, toke
     assert sum(len(w) for w in want) > 128  # the rows really decoded (a row ending at once would prove little)
 
 
+@pytest.mark.parametrize("recipe", ["baseline-v1", "engram-v1", "haar-causal", "looplm"])
+def test_greedy_rows_at_one_shared_position_equal_the_full_forward(recipe, tokenizer):
+    """Prompts of one length decode with one position vector for every row (the caches' slice path, no mask):
+    the same ids as the full forward recomputed per token."""
+    cfg, _ = get_recipe(recipe).build("tiny")
+    cfg.vocab_size = tokenizer.get_vocab_size()
+    torch.manual_seed(1)
+    model = GPT(cfg).eval()
+    by_length: dict[int, list[str]] = {}
+    for p in SEED_PROMPTS:
+        by_length.setdefault(len(tokenizer.encode(p, add_special_tokens=False).ids), []).append(p)
+    prompts = max(by_length.values(), key=len)[:2]
+    assert len(prompts) == 2
+    config = SamplingConfig(max_new_tokens=48, temperature=0.0)
+    gen = Engine(model, tokenizer, batch_size=2).generate(prompts, config)
+    encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    want = recompute_greedy(model, encoded, 48, tokenizer.get_vocab_size())
+    assert engine_ids(gen) == want
+    assert sum(len(w) for w in want) > 48
+
+
 def test_bypassed_noncausal_model_equals_its_bypassed_full_forward(haar):
     assert not haar.model.is_causal
     with pytest.raises(UserError, match="inference-mode bypass"):

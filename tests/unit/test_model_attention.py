@@ -111,3 +111,39 @@ def test_separate_projections_of_older_checkpoints_load_into_the_fused_weights()
     assert all(torch.equal(fused[n], t) for n, t in model.state_dict().items())
     partial = {k: v for k, v in legacy.items() if not k.endswith("attn.wk.weight")}
     assert "blocks.0.attn.wq.weight" in fuse_legacy_names(partial, stack_rows)  # an incomplete set stays as it is
+
+
+def test_shared_positions_read_and_write_the_caches_as_per_row_positions_do():
+    """A position vector shared by every row (`start` known) takes slices instead of per-row gathers and scatters
+    and drops the mask where no key needs it: the caches and the attention output are the same."""
+    from nanotrain.model.cache import read_before, write_at
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, n_heads=4, n_kv_heads=2)
+    attn = Attention(cfg)
+    cos, sin = rope_tables(8, 16, 10000.0)
+    keys = torch.arange(16)
+    x = torch.randn(2, 7, 32)
+    outs, bufs = {}, {}
+    for shared in (False, True):
+        cache = KVCache()
+        cache.setup(2, 2, 16, 8, torch.device("cpu"), torch.float32)
+        ids = torch.zeros(2, 16, dtype=torch.long)
+        steps, reads = [], []
+        for lo, hi in ((0, 5), (5, 6), (6, 7)):  # a prefill over exactly its keys, then two single-token steps
+            pos = torch.arange(lo, hi)
+            at = Positions.make(pos.expand(2, -1), keys[:hi], torch.float32, lo if shared else None)
+            assert at.square_causal == (shared and lo == 0) and at.mask_free == (shared and lo > 0)
+            assert (at.bias is None) == at.mask_free
+            write_at(ids, 1, at, torch.arange(lo, hi).expand(2, -1) + 100)
+            reads.append(read_before(ids, at, 3))
+            steps.append(attn(x[:, lo:hi], (cos[lo:hi], sin[lo:hi]), at, cache))
+        outs[shared] = torch.cat(steps, dim=1)
+        bufs[shared] = (cache.k.clone(), cache.v.clone(), ids, reads)
+    torch.testing.assert_close(outs[True], outs[False], atol=1e-6, rtol=1e-5)
+    for a, b in zip(bufs[True][:3], bufs[False][:3]):
+        assert torch.equal(a, b)
+    for a, b in zip(bufs[True][3], bufs[False][3]):
+        assert torch.equal(a, b)
+    assert bufs[True][3][0].abs().sum() == 0  # before position 0: zeros
+    assert bufs[True][3][2].tolist() == [[103, 104, 105]] * 2
