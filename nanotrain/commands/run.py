@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from nanotrain.cli import add_device_arg
 from nanotrain.errors import UserError
 
 AUTO_COMPILE_MIN_STEPS = 200
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (rows per step, over all processes)")
     p.add_argument("--seq-len", type=int, help="training window length in tokens")
     p.add_argument("--seed", type=int, help="seed for initialisation and the data order")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    add_device_arg(p, default="auto")
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (default: auto = on for invocations of at least "
                         f"{AUTO_COMPILE_MIN_STEPS} steps, where it pays for its 1-1.5 minutes of compiling)")
