@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nanotrain.config import TrainConfig
 from nanotrain.errors import UserError
+from nanotrain.recipes import SCALES
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -16,12 +17,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "schedule",
         help="print a recipe's learning-rate schedule (Muon and Lion LR per step)",
-        description="Print the warmup-stable-decay schedule of a recipe at its full scale: the multiplier and "
-                    "the Muon and Lion learning rates at chosen steps. The LR shown at step s is the one the "
+        description="Print the warmup-stable-decay schedule of a recipe at one scale (--scale, default full): the "
+                    "multiplier and the Muon and Lion learning rates at chosen steps. The LR shown at step s is the one the "
                     "update after step s uses (as the original logged it). Engram groups use these LRs times "
                     "engram_lr_mult; wavefield physics params use wavefield_physics_lr times the multiplier.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe name (see `nanotrain recipes`)")
+    p.add_argument("--scale", choices=SCALES, default="full",
+                   help="the scale whose schedule to show, as `nanotrain run --scale` trains it (default: full)")
     p.add_argument("--total-steps", type=int, default=None, metavar="N",
                    help="schedule length (default: the recipe's); the cosine decay ends here")
     p.add_argument("--warmup", type=int, default=None, metavar="N", help="warmup steps (default: the recipe's)")
@@ -49,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     from nanotrain.recipes import get_recipe
 
     recipe = get_recipe(args.recipe)
-    _, cfg = recipe.build("full")
+    _, cfg = recipe.build(args.scale)
     if args.total_steps is not None:
         if args.total_steps < 1:
             raise UserError(f"--total-steps {args.total_steps}: must be at least 1")
@@ -60,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg.warmup_steps = args.warmup
     resume = None
     if recipe.resume_from:
-        _, parent_cfg = get_recipe(recipe.resume_from).build("full")
+        _, parent_cfg = get_recipe(recipe.resume_from).build(args.scale)
         resume = Resume(recipe.resume_from, parent_cfg, parent_cfg.total_steps,
                         wsd(parent_cfg.total_steps, parent_cfg))
     first = resume.step if resume is not None and resume.step < cfg.total_steps else 0
@@ -70,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     steps = schedule_steps(cfg.total_steps, edges, args.at, args.every, first=first)
     plot = _check_plot_path(args.plot) if args.plot is not None else None
 
-    print(f"recipe {args.recipe} (full scale): warmup {cfg.warmup_steps}, total {cfg.total_steps}, cosine decay "
+    print(f"recipe {args.recipe} ({args.scale} scale): warmup {cfg.warmup_steps}, total {cfg.total_steps}, cosine decay "
           f"from step {decay_start(cfg)} to {cfg.min_lr_ratio:g} x peak")
     print(f"peak LR: Muon {cfg.lr:g}, Lion {cfg.lion_lr:g} (engram groups x{cfg.engram_lr_mult:g}, "
           f"wavefield physics {cfg.wavefield_physics_lr:g})")
@@ -85,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         phase, m = multiplier(s, cfg, resume)
         print(f"{s:>8}  {phase:<10}  {m:>10.6f}  {cfg.lr * m:>10.6f}  {cfg.lion_lr * m:>10.3e}")
     if plot is not None:
-        plot_schedule(cfg, plot, title=f"{args.recipe}: learning-rate schedule", resume=resume)
+        plot_schedule(cfg, plot, title=f"{args.recipe} ({args.scale}): learning-rate schedule", resume=resume)
         print(f"\nwrote {plot}")
     return 0
 
