@@ -499,7 +499,9 @@ class Trainer:
             return None
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll sum, entropy sum, count
-        batches = sequential_batches(tokens, T, self.local_batch, max_batches=self.train_cfg.eval_batches)
+        # eval_batches counts global batches: the same windows at every world size, dealt out to the ranks.
+        batches = sequential_batches(tokens, T, self.local_batch,
+                                     max_batches=self.train_cfg.eval_batches * self.dist.world_size)
         for i, (x, y) in enumerate(batches):
             if i % self.dist.world_size != self.dist.rank:
                 continue
