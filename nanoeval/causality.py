@@ -80,16 +80,18 @@ def check_causality(
     trials: int = 3,
     batch_size: int = 2,
     seed: int = 0,
-    inference_mode: str = "train",
+    inference_mode: str = "refuse",
     tolerance: float = 1e-4,
 ) -> CausalityResult:
     """Perturb the tokens after a cut and look for changes before it. Run the model in fp32.
 
-    `inference_mode="train"` tests the plain forward (what training sees); "bypass" tests the generation path
-    with non-causal layers skipped. `tolerance` is on |Δ logit| (fp32 rounding in a causal model stays far below).
+    `inference_mode="refuse"` tests the forward with every layer (what training and the engine run); "bypass"
+    tests it with the non-causal layers skipped, as the engine's bypass mode runs it. Nothing is refused here: a
+    non-causal layer is what the check reports. `tolerance` is on |Δ logit| (fp32 rounding in a causal model stays
+    far below).
     """
-    if inference_mode not in ("train", "bypass"):
-        raise UserError(f"--inference-mode {inference_mode!r}: expected train or bypass")
+    if inference_mode not in ("refuse", "bypass"):
+        raise UserError(f"--inference-mode {inference_mode!r}: expected refuse or bypass")
     if trials < 1:
         raise UserError(f"--trials {trials}: must be at least 1")
     bypass = inference_mode == "bypass"

@@ -67,8 +67,9 @@ def init_distributed(device_choice: str = "auto") -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cpu":
-        # The cores are shared between ranks; oversubscribing them makes every rank slower.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        # The cores are shared between the ranks on this machine; oversubscribing them makes every rank slower.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

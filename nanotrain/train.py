@@ -342,6 +342,8 @@ class Trainer:
         self._stop_signal: int | None = None
         self._saving = False
         self._skipped_since_log = 0
+        # Called with every row written to metrics.jsonl, on rank 0 (a TensorBoard mirror, `nanotrain.metrics`).
+        self.log_sinks: list[Callable[[dict[str, Any]], None]] = []
         self._reset_guard_dev()
 
     # ----------------------------------------------------------------- helpers
@@ -497,7 +499,9 @@ class Trainer:
             return None
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll sum, entropy sum, count
-        batches = sequential_batches(tokens, T, self.local_batch, max_batches=self.train_cfg.eval_batches)
+        # eval_batches counts global batches: the same windows at every world size, dealt out to the ranks.
+        batches = sequential_batches(tokens, T, self.local_batch,
+                                     max_batches=self.train_cfg.eval_batches * self.dist.world_size)
         for i, (x, y) in enumerate(batches):
             if i % self.dist.world_size != self.dist.rank:
                 continue
@@ -564,6 +568,14 @@ class Trainer:
     def _reset_guard_dev(self) -> None:
         self._guard_dev = torch.tensor([self.guard.consecutive, 0, 0], dtype=torch.int32, device=self.device)
 
+    def _write_row(self, log_path: Path, row: dict[str, Any]) -> None:
+        """Append one row to metrics.jsonl and hand it to the log sinks."""
+        row = _finite(row)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for sink in self.log_sinks:
+            sink(row)
+
     def _log(self, acc: torch.Tensor, n_steps: int, seconds: float, log_path: Path, skipped: int) -> dict[str, Any]:
         """Read the accumulated metrics (the only host sync of a log interval) and write one line."""
         all_reduce_(acc, self.dist, "sum")
@@ -582,8 +594,7 @@ class Trainer:
         }
         self.last_train = row
         if self.dist.is_main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(_finite(row)) + "\n")
+            self._write_row(log_path, row)
             self.echo(f"{row['step']:>7d}  {row['loss']:8.4f}  {row['ce']:7.4f}  {row['lr']:9.6f}  "
                       f"{row['gnorm']:7.3f}  {tok_per_s:9.0f}" + (f"  skipped {skipped}" if skipped else ""))
         return row
@@ -596,8 +607,7 @@ class Trainer:
             return None
         self.last_val = {"kind": "val", "step": self.step, **val, "time": time.time()}
         if self.dist.is_main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(_finite(self.last_val)) + "\n")
+            self._write_row(log_path, self.last_val)
             self.echo(f"{self.step:>7d}  val CE {val['val_ce']:.4f}  bpb {val['val_bpb']:.4f}")
         if not math.isfinite(val["val_ce"]):
             raise TrainingDiverged(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from nanoeval.commands.generate import INFERENCE_MODES
 from nanoeval.load import add_verify_flag
+from nanotrain.cli import EXIT_FOUND, EXIT_OK, add_device_arg
 
 
 def register(sub) -> None:
@@ -20,13 +23,15 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="test length (default min(context, 256))")
     p.add_argument("--trials", type=int, default=3, help="cuts tested, spread over the sequence (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ids (default 0)")
-    p.add_argument("--inference-mode", choices=("train", "bypass"), default="train",
-                   help="train: the plain forward training uses (default); bypass: the generation path with "
-                        "non-causal layers skipped")
+    p.add_argument("--inference-mode", choices=(*INFERENCE_MODES, "train"), default="refuse",
+                   help="refuse (default): test the forward with every layer, as training and sampling run it "
+                        "(nothing is refused here: a non-causal layer shows as a leak); bypass: test it with the "
+                        "non-causal layers skipped, as --inference-mode bypass samples; train: old spelling of "
+                        "refuse")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |logit change| counted as no leak")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
+    add_device_arg(p, default="cpu")
     add_verify_flag(p)
     p.set_defaults(func=_run)
 
@@ -40,6 +45,9 @@ def _run(args) -> int:
     from nanotrain.dist import resolve_device
 
     args.device = str(resolve_device(args.device))
+    if args.inference_mode == "train":
+        print("nanoeval causality: --inference-mode train is the old spelling of refuse", file=sys.stderr)
+        args.inference_mode = "refuse"
     loaded = load(args.ckpt, device=args.device, dtype=torch.float32, verify=args.verify)
     result = check_causality(loaded.model, seq_len=args.seq_len, trials=args.trials, seed=args.seed,
                              inference_mode=args.inference_mode, tolerance=args.tolerance)
@@ -55,4 +63,4 @@ def _run(args) -> int:
               f"seq_len {result.seq_len}, cuts {result.cuts})")
         if result.declared_noncausal_layers:
             print(f"layers the model declares non-causal: {result.declared_noncausal_layers}")
-    return 0 if result.causal else 1
+    return EXIT_OK if result.causal else EXIT_FOUND

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from nanoeval.rustc import add_validator_args
+from nanotrain.cli import EXIT_FOUND, EXIT_OK
 from nanotrain.errors import UserError
 
 HELP = "check Rust files: tree-sitter validity, error positions, bracket balance (JSON lines)"
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and flagged (\"utf8_replaced\": true). With --validator rustc or both each line also has "
             "valid_tree_sitter, valid_rustc and rustc_errors [{line, col, message, excused}], and `valid` is "
             "rustc's (rustc) or tree-sitter's (both); --summary adds rustc's valid rate, the agreement and the "
-            "files the two disagree on. Exit status 0 unless an input is missing or not a regular file (2)."
+            "files the two disagree on. Exit status: 0 every file is valid, 1 at least one is not (so it can "
+            "gate CI), 2 an input is missing or not a regular file."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="Rust source files, folders of them, or - for stdin")
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     verdicts = None
     if rustc is not None:
         verdicts = check_texts(texts, [args.truncated] * len(texts), rustc, progress=sys.stderr.isatty())
+    valid = [v.valid for v in verdicts] if args.validator == "rustc" else [s.valid for s in scores]
+    status = EXIT_OK if all(valid) else EXIT_FOUND
     if not args.summary:
         for i, (name, score) in enumerate(zip(names, scores)):
             row = {"file": name, **score.to_dict(), "utf8_replaced": replaced[i]}
@@ -121,12 +125,11 @@ def run(args: argparse.Namespace) -> int:
                            valid_tree_sitter=None if args.validator == "rustc" else score.valid,
                            valid_rustc=v.valid, rustc_errors=v.errors)
             print(json.dumps(row, ensure_ascii=False))
-        return 0
+        return status
     agg = aggregate(scores)
     n_bytes = sum(s.n_bytes for s in scores)
     summary = validity_summary(args.validator, None if args.validator == "rustc" else [s.valid for s in scores],
                                None if verdicts is None else [v.valid for v in verdicts])
-    valid = [v.valid for v in verdicts] if args.validator == "rustc" else [s.valid for s in scores]
     rows = [
         ("files", f"{agg['n']}"),
         ("bytes", f"{n_bytes}"),
@@ -150,4 +153,4 @@ def run(args: argparse.Namespace) -> int:
         for i in summary["validator_disagreements"]:
             print(f"  {names[i]}  {'valid' if scores[i].valid else 'invalid'} / "
                   f"{'valid' if verdicts[i].valid else 'invalid'}")
-    return 0
+    return status

@@ -6,6 +6,13 @@ import argparse
 import sys
 
 from nanoeval.load import add_verify_flag
+from nanotrain.cli import add_device_arg
+
+# `--inference-mode` of every nanoeval command (the engine's `INFERENCE_MODES`; not imported here, so that
+# building the parser does not import torch).
+INFERENCE_MODES = ("refuse", "bypass")
+INFERENCE_MODE_HELP = ("what to do with non-causal (bidirectional wavefield) layers: refuse (default) runs every "
+                       "layer and refuses a model that has them; bypass skips them, as the original's generator did")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -22,10 +29,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop a sample when its completion contains TEXT (repeatable)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same text (default 0)")
-    g.add_argument("--inference-mode", choices=("refuse", "bypass"), default="refuse",
-                   help="for checkpoints with non-causal (bidirectional wavefield) layers: refuse (default) or "
-                        "bypass those layers as the original's generator did")
-    g.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or auto")
+    g.add_argument("--inference-mode", choices=INFERENCE_MODES, default="refuse", help=INFERENCE_MODE_HELP)
+    add_device_arg(g, default="cpu")
     add_verify_flag(p)
 
 

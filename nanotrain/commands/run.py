@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from nanotrain.cli import add_device_arg
 from nanotrain.errors import UserError
 
 AUTO_COMPILE_MIN_STEPS = 200
@@ -23,9 +24,12 @@ examples:
   nanotrain run engram-v2                      # resume runs/engram-v1/final and extend (LR re-warms)
   nanotrain run engram-v2 --resume-lr jump     # ... reproducing the original's LR jump
   torchrun --nproc_per_node 2 -m nanotrain run engram-v1   # one run across 2 processes (DDP)
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id RUN \\
+      -m nanotrain run engram-v1               # the same on every machine: one run across 2 x 8 processes
 
 Checkpoints go to OUT/NAME/step_<N>/ every --ckpt-every steps and OUT/NAME/final/ at the end; one JSON line
-per log step goes to OUT/NAME/metrics.jsonl. Ctrl-C or SIGTERM saves a checkpoint and exits (130 or 143);
+per log step goes to OUT/NAME/metrics.jsonl (with --logger tensorboard also to TensorBoard event files there;
+`nanotrain plot OUT/NAME ...` draws the curves). Ctrl-C or SIGTERM saves a checkpoint and exits (130 or 143);
 --resume auto continues it. One run at a time may write a run folder (a second one exits 2 naming the first's
 PID). Checkpoints are checked against their manifest.json before resuming (--no-verify skips that).
 --batch-size is the global batch (rows per step over all processes), so a run resumes at any world size.
@@ -51,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (rows per step, over all processes)")
     p.add_argument("--seq-len", type=int, help="training window length in tokens")
     p.add_argument("--seed", type=int, help="seed for initialisation and the data order")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    add_device_arg(p, default="auto")
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (default: auto = on for invocations of at least "
                         f"{AUTO_COMPILE_MIN_STEPS} steps, where it pays for its 1-1.5 minutes of compiling)")
@@ -82,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="CPU threads per process (default: torch's choice); 1 is faster when other jobs share the cores")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--logger", choices=["jsonl", "tensorboard"], default="jsonl",
+                   help="where metrics go besides metrics.jsonl, which is always written: nowhere (jsonl, default) "
+                        "or TensorBoard event files in the run folder (tensorboard; `tensorboard --logdir OUT`)")
     p.set_defaults(func=handler)
 
 
@@ -309,12 +316,15 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
     from nanotrain.config import ModelConfig, TrainConfig
     from nanotrain.data.default import ensure_default_dataset, repeat_note
     from nanotrain.data.shards import Dataset
+    from nanotrain.metrics import TensorBoardLog, summary_writer_class
     from nanotrain.paths import default_runs_dir
     from nanotrain.recipes import get_recipe
     from nanotrain.train import Trainer, check_cuda_graphs
 
     say = print if info.is_main else (lambda *a, **k: None)
     _positive(args)
+    if args.logger == "tensorboard":
+        summary_writer_class()  # a missing package is said before any work
     _check_name(args.name)
     if args.cuda_graphs and args.compile is False:
         raise UserError("--cuda-graphs with --no-compile: CUDA graphs are recorded by compiling; drop one of them")
@@ -387,6 +397,11 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
         say(f"resumed from {source} at step {trainer.step}"
             + (f" (LR re-warms over {train_cfg.rewarm_steps} steps)" if trainer.resume_step == trainer.step
                and trainer.start_mult is not None else ""))
+    if args.logger == "tensorboard" and info.is_main:
+        board = TensorBoardLog(run_dir, trainer.step)
+        stack.callback(board.close)
+        trainer.log_sinks.append(board.write)
+        say(f"tensorboard: event files in {run_dir} (tensorboard --logdir {out})")
     counts = trainer.model.param_counts()
     say(f"{recipe.name} [{scale}]: {counts['total'] / 1e6:.2f}M params ({counts['excl_tables'] / 1e6:.2f}M excl. "
         f"tables), {info.world_size} process(es) on {info.device.type}, batch {train_cfg.batch_size} x "

@@ -8,20 +8,22 @@ from pathlib import Path
 
 from nanotrain.config import TrainConfig
 from nanotrain.errors import UserError
-
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+from nanotrain.plots import check_figure_path, pyplot, save_figure
+from nanotrain.recipes import SCALES
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "schedule",
         help="print a recipe's learning-rate schedule (Muon and Lion LR per step)",
-        description="Print the warmup-stable-decay schedule of a recipe at its full scale: the multiplier and "
-                    "the Muon and Lion learning rates at chosen steps. The LR shown at step s is the one the "
-                    "update after step s uses (as the original logged it). Engram groups use these LRs times "
-                    "engram_lr_mult; wavefield physics params use wavefield_physics_lr times the multiplier.",
+        description="Print the warmup-stable-decay schedule of a recipe at one scale (--scale, default full): the "
+                    "multiplier and the Muon and Lion learning rates at chosen steps. The LR shown at step s is the "
+                    "one the update after step s uses (as the original logged it). Engram groups use these LRs "
+                    "times engram_lr_mult; wavefield physics params use wavefield_physics_lr times the multiplier.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe name (see `nanotrain recipes`)")
+    p.add_argument("--scale", choices=SCALES, default="full",
+                   help="the scale whose schedule to show, as `nanotrain run --scale` trains it (default: full)")
     p.add_argument("--total-steps", type=int, default=None, metavar="N",
                    help="schedule length (default: the recipe's); the cosine decay ends here")
     p.add_argument("--warmup", type=int, default=None, metavar="N", help="warmup steps (default: the recipe's)")
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     from nanotrain.recipes import get_recipe
 
     recipe = get_recipe(args.recipe)
-    _, cfg = recipe.build("full")
+    _, cfg = recipe.build(args.scale)
     if args.total_steps is not None:
         if args.total_steps < 1:
             raise UserError(f"--total-steps {args.total_steps}: must be at least 1")
@@ -60,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg.warmup_steps = args.warmup
     resume = None
     if recipe.resume_from:
-        _, parent_cfg = get_recipe(recipe.resume_from).build("full")
+        _, parent_cfg = get_recipe(recipe.resume_from).build(args.scale)
         resume = Resume(recipe.resume_from, parent_cfg, parent_cfg.total_steps,
                         wsd(parent_cfg.total_steps, parent_cfg))
     first = resume.step if resume is not None and resume.step < cfg.total_steps else 0
@@ -68,10 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     if resume is not None and cfg.resume_lr == "rewarm":
         edges.append(resume.step + cfg.rewarm_steps)
     steps = schedule_steps(cfg.total_steps, edges, args.at, args.every, first=first)
-    plot = _check_plot_path(args.plot) if args.plot is not None else None
+    plot = check_figure_path(args.plot, "--plot") if args.plot is not None else None
 
-    print(f"recipe {args.recipe} (full scale): warmup {cfg.warmup_steps}, total {cfg.total_steps}, cosine decay "
-          f"from step {decay_start(cfg)} to {cfg.min_lr_ratio:g} x peak")
+    print(f"recipe {args.recipe} ({args.scale} scale): warmup {cfg.warmup_steps}, total {cfg.total_steps}, "
+          f"cosine decay from step {decay_start(cfg)} to {cfg.min_lr_ratio:g} x peak")
     print(f"peak LR: Muon {cfg.lr:g}, Lion {cfg.lion_lr:g} (engram groups x{cfg.engram_lr_mult:g}, "
           f"wavefield physics {cfg.wavefield_physics_lr:g})")
     if resume is not None:
@@ -85,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         phase, m = multiplier(s, cfg, resume)
         print(f"{s:>8}  {phase:<10}  {m:>10.6f}  {cfg.lr * m:>10.6f}  {cfg.lion_lr * m:>10.3e}")
     if plot is not None:
-        plot_schedule(cfg, plot, title=f"{args.recipe}: learning-rate schedule", resume=resume)
+        plot_schedule(cfg, plot, title=f"{args.recipe} ({args.scale}): learning-rate schedule", resume=resume)
         print(f"\nwrote {plot}")
     return 0
 
@@ -125,30 +127,9 @@ def schedule_steps(total: int, edges: list[int], at: list[int] | None, every: in
     return sorted(chosen)
 
 
-def _check_plot_path(path: Path) -> Path:
-    """Refuse a bad --plot before any work: wrong suffix, missing folder, or no matplotlib."""
-    if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise UserError(f"--plot {path}: use a {', '.join(PLOT_SUFFIXES)} file name")
-    if not path.parent.is_dir():
-        raise UserError(f"--plot {path}: folder {path.parent} does not exist")
-    _matplotlib()
-    return path
-
-
-def _matplotlib():
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib (or pip install 'nanolab[plot]')") from None
-    return matplotlib
-
-
 def plot_schedule(cfg: TrainConfig, path: Path, title: str, resume: Resume | None = None) -> None:
     """Draw Muon and Lion LR over the whole schedule to `path`, written to a temporary file and renamed."""
-    matplotlib = _matplotlib()
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("--plot")
     n = cfg.total_steps
     xs = sorted(set(range(0, n + 1, max(1, n // 2000))) | {n})
     mult = [multiplier(s, cfg, resume)[1] for s in xs]
@@ -163,10 +144,4 @@ def plot_schedule(cfg: TrainConfig, path: Path, title: str, resume: Resume | Non
         for ax in (ax_m, ax_l):
             ax.axvline(resume.step, color="gray", linestyle=":", linewidth=1)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)

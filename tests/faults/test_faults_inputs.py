@@ -59,15 +59,29 @@ def test_non_finite_sampling_numbers_are_refused(engram, tmp_path, flag, value):
     assert not (tmp_path / "score.json").exists()
 
 
-@pytest.mark.parametrize("device", ["bogus", "cuda:x", "mps", "cuda"])
-def test_unknown_or_unavailable_device_is_refused(engram, tmp_path, device):
-    if device == "cuda" and torch.cuda.is_available():
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "cuda:0", "mps", "gpu"])
+def test_unknown_device_is_refused_by_the_parser(engram, tmp_path, device):
+    """Every command takes the same `--device {auto,cpu,cuda}`; anything else is argparse's usage error."""
+    for code, out, err in (generate(engram, "--prompt", PROMPT, "--device", device),
+                           score(engram, tmp_path, "--device", device),
+                           spec.run_cli("nanoeval", "causality", "--ckpt", engram, "--device", device),
+                           spec.run_cli("nanotrain", "run", "engram-v1", "--device", device)):
+        assert code == 2 and out == "" and "Traceback" not in err, err
+        assert err.startswith("usage: "), err
+        assert err.splitlines()[-1].endswith(
+            f"error: argument --device: invalid choice: '{device}' (choose from 'auto', 'cpu', 'cuda')"), err
+
+
+def test_unavailable_cuda_is_one_line(engram, tmp_path):
+    if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: --device cuda is valid here")
-    for code, _, err in (generate(engram, "--prompt", PROMPT, "--device", device),
-                         score(engram, tmp_path, "--device", device),
-                         spec.run_cli("nanoeval", "causality", "--ckpt", engram, "--device", device)):
-        one_line(code, err, "nanoeval", f"--device {device}: ")
-        assert ("no CUDA GPU is visible" if device == "cuda" else "expected cpu, cuda, cuda:N or auto") in err
+    for code, _, err in (generate(engram, "--prompt", PROMPT, "--device", "cuda"),
+                         score(engram, tmp_path, "--device", "cuda"),
+                         spec.run_cli("nanoeval", "causality", "--ckpt", engram, "--device", "cuda")):
+        one_line(code, err, "nanoeval", "--device cuda: no CUDA GPU is visible")
+    code, _, err = spec.run_cli("nanotrain", "run", "engram-v1", "--device", "cuda", "--out", tmp_path)
+    one_line(code, err, "nanotrain", "--device cuda: no CUDA GPU is visible")
+    assert not (tmp_path / "engram-v1").exists()
 
 
 def test_device_auto_picks_an_available_device(engram):

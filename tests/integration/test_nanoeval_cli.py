@@ -160,3 +160,30 @@ def test_compare_shows_and_ranks_on_either_validator(two_reports, tmp_path, caps
     assert [(r[0], r[6][:5]) for r in rows[1:]] == [("all", "1.000"), ("none", "0.000"), ("legacy", "-")]
     rows = table("--validator", "both")
     assert rows[0][6:8] == ["valid rate (tree-sitter)", "valid rate (rustc)"] and rows[1][7] == "-"
+
+
+# ---------------------------------------------------------------------------------------------- exit statuses
+
+
+def test_console_exit_statuses_as_ci_sees_them(tiny_checkpoint_factory, tmp_path):
+    """The process exit status of `python -m nanoeval`: 0 ok, 1 the check found a problem, 2 a user error."""
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.rs", tmp_path / "bad.rs"
+    good.write_text("fn main() {}\n")
+    bad.write_text("fn main() { let = ; }\n")
+
+    def status(*argv) -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, "-m", "nanoeval", *map(str, argv)], capture_output=True, text=True,
+                              timeout=120)
+        return proc.returncode, proc.stderr
+
+    assert status("check-rust", good)[0] == 0
+    assert status("check-rust", good, bad)[0] == 1
+    code, err = status("check-rust", tmp_path / "missing.rs")
+    assert code == 2 and err.strip() == f"nanoeval: error: no such file: {tmp_path / 'missing.rs'}"
+    haar = tiny_checkpoint_factory("haar-v5")
+    assert status("causality", "--ckpt", haar, "--seq-len", 32)[0] == 1
+    code, err = status("causality", "--ckpt", haar, "--device", "tpu")
+    assert code == 2 and "argument --device: invalid choice: 'tpu'" in err and "Traceback" not in err

@@ -82,14 +82,18 @@ def one_thread() -> Iterator[None]:
 
 
 def run_cli(prog: str, *argv: Any) -> tuple[int, str, str]:
-    """Run `nanotrain`/`nanoeval` in-process like the console script; returns (exit code, stdout, stderr)."""
+    """Run `nanotrain`/`nanoeval` in-process like the console script; returns (exit code, stdout, stderr). A usage
+    error argparse exits on is returned as its code, as the console script would end."""
     if prog == "nanotrain":
         from nanotrain.cli import main
     else:
         from nanoeval.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
     return code, out.getvalue(), err.getvalue()
 
 

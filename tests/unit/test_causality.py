@@ -44,7 +44,7 @@ def test_haar_v5_generation_path_is_causal(tiny_checkpoint_factory):
 def test_bad_settings_are_user_errors(tiny_checkpoint_factory):
     loaded = nanoeval.load(tiny_checkpoint_factory("engram-v1"))
     for kwargs in ({"seq_len": loaded.model_cfg.max_seq_len + 1}, {"seq_len": 1}, {"trials": 0},
-                   {"inference_mode": "refuse"}):
+                   {"inference_mode": "train"}, {"inference_mode": "ignore"}):
         with pytest.raises(UserError):
             check_causality(loaded.model, **kwargs)
 
@@ -60,3 +60,16 @@ def test_cli_exit_status_and_json(tiny_checkpoint_factory, capsys, tmp_path):
     rc = main(["causality", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--seq-len", "64"])
     assert rc == 0
     assert "causal" in capsys.readouterr().out
+
+
+def test_cli_inference_mode_is_the_engines_vocabulary(tiny_checkpoint_factory, capsys):
+    """refuse (the default) tests every layer, bypass skips the non-causal ones; `train` is the old spelling of
+    refuse and says so."""
+    haar = str(tiny_checkpoint_factory("haar-v5"))
+    assert main(["causality", "--ckpt", haar, "--seq-len", "64", "--inference-mode", "bypass", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inference_mode"] == "bypass"
+    for mode in ("refuse", "train"):
+        assert main(["causality", "--ckpt", haar, "--seq-len", "64", "--inference-mode", mode, "--json"]) == 1
+        out, err = capsys.readouterr()
+        assert json.loads(out)["inference_mode"] == "refuse"
+        assert ("old spelling of refuse" in err) is (mode == "train")

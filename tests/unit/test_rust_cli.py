@@ -19,7 +19,7 @@ def run(capsys, *argv):
 def test_json_lines_per_file(capsys):
     rc, out, _ = run(capsys, str(FIX / "valid_shapes.rs"), str(FIX / "corrupted_let.rs"))
     rows = [json.loads(line) for line in out.splitlines()]
-    assert rc == 0 and [r["valid"] for r in rows] == [True, False]
+    assert rc == 1 and [r["valid"] for r in rows] == [True, False]  # 1: a file is invalid
     assert rows[1]["errors"][0]["line"] == 2 and rows[1]["errors"][0]["kind"] == "error"
     assert {"file", "valid", "error_density", "bracket_balance", "errors", "utf8_replaced"} <= set(rows[0])
 
@@ -34,7 +34,15 @@ def test_truncated_flag_and_folder(capsys):
 def test_summary_table(capsys):
     rc, out, _ = run(capsys, "--summary", str(FIX / "valid_shapes.rs"), str(FIX / "corrupted_let.rs"))
     table = dict(line.split(None, 1) for line in out.splitlines())
-    assert rc == 0 and table["files"] == "2" and table["valid_rate"] == "0.5000"
+    assert rc == 1 and table["files"] == "2" and table["valid_rate"] == "0.5000"
+
+
+def test_exit_status_gates_on_validity(capsys):
+    """0 when every file is valid, 1 as soon as one is not (with or without --summary), so CI can use it."""
+    assert run(capsys, str(FIX / "valid_shapes.rs"))[0] == 0
+    assert run(capsys, "--summary", str(FIX / "valid_shapes.rs"))[0] == 0
+    assert run(capsys, str(FIX / "corrupted_let.rs"))[0] == 1
+    assert run(capsys, "--summary", str(FIX / "corrupted_let.rs"), str(FIX / "valid_shapes.rs"))[0] == 1
 
 
 def test_stdin_and_non_utf8(capsys, monkeypatch):

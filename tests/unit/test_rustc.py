@@ -48,7 +48,7 @@ def _lines(capsys) -> dict[str, dict]:
 
 
 def test_validator_rustc_gives_the_compilers_verdict(rustc, capsys):
-    assert main(["check-rust", "--validator", "rustc", "--rustc", rustc.path, str(FIX)]) == 0
+    assert main(["check-rust", "--validator", "rustc", "--rustc", rustc.path, str(FIX)]) == 1  # invalid files
     rows = _lines(capsys)
     assert {n: r["valid"] for n, r in rows.items()} == {n: v[0] for n, v in CLASSES.items()}
     assert all(r["valid_rustc"] == r["valid"] and r["valid_tree_sitter"] is None for r in rows.values())
@@ -56,12 +56,20 @@ def test_validator_rustc_gives_the_compilers_verdict(rustc, capsys):
     assert let["line"] == 3 and "let" in let["message"] and not let["excused"]
 
 
+@pytest.mark.parametrize("validator, status", [("tree-sitter", 0), ("both", 0), ("rustc", 1)])
+def test_exit_status_follows_the_valid_column(rustc, capsys, validator, status):
+    """A file rustc rejects and tree-sitter accepts fails the check only where `valid` is rustc's verdict."""
+    path = FIX / "let_else_after_if_else.rs"
+    assert main(["check-rust", "--validator", validator, "--rustc", rustc.path, str(path)]) == status
+    assert json.loads(capsys.readouterr().out)["valid"] is (status == 0)
+
+
 def test_validator_both_reports_agreement_and_the_disagreeing_files(rustc, capsys):
-    assert main(["check-rust", "--validator", "both", "--rustc", rustc.path, str(FIX)]) == 0
+    assert main(["check-rust", "--validator", "both", "--rustc", rustc.path, str(FIX)]) == 1
     rows = _lines(capsys)
     assert {n: (r["valid_rustc"], r["valid_tree_sitter"]) for n, r in rows.items()} == CLASSES
     assert all(r["valid"] == r["valid_tree_sitter"] for r in rows.values())
-    assert main(["check-rust", "--validator", "both", "--rustc", rustc.path, "--summary", str(FIX)]) == 0
+    assert main(["check-rust", "--validator", "both", "--rustc", rustc.path, "--summary", str(FIX)]) == 1
     out = capsys.readouterr().out
     differ = sorted(n for n, (a, b) in CLASSES.items() if a != b)
     assert f"validator_agreement  {1 - len(differ) / len(CLASSES):.4f}" in out

@@ -146,6 +146,23 @@ def test_cli_every_and_overrides(capsys) -> None:
     assert rows[9000][1] == pytest.approx(0.0066)
 
 
+@pytest.mark.parametrize("scale", ["tiny", "small"])
+def test_cli_scale_shows_that_scales_schedule(capsys, scale) -> None:
+    """--scale tiny|small prints the schedule `nanotrain run --scale` trains with, not the full one."""
+    from nanotrain.cli import main
+    from nanotrain.recipes import get_recipe
+
+    _, cfg = get_recipe("engram-v1").build(scale)
+    assert main(["schedule", "engram-v1", "--scale", scale]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert f"({scale} scale): warmup {cfg.warmup_steps}, total {cfg.total_steps}" in out
+    assert max(rows) == cfg.total_steps < 10000 and cfg.warmup_steps in rows
+    assert rows[cfg.warmup_steps] == ("stable", pytest.approx(cfg.lr), pytest.approx(cfg.lion_lr, rel=1e-3))
+    assert main(["schedule", "engram-v2", "--scale", scale]) == 0  # continues engram-v1 at the same scale
+    assert min(_table(capsys.readouterr().out)) == cfg.total_steps
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["schedule", "no-such-recipe"], "unknown recipe"),
     (["schedule", "engram-v1", "--every", "0"], "--every"),

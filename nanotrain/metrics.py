@@ -1,0 +1,79 @@
+"""A run's metrics.jsonl (one JSON object per line, the record of training) and what is made from it.
+
+The trainer appends a `{"kind": "train", "step": ...}` row per log interval and a `{"kind": "val", ...}` row per
+validation. `read_metrics` is the one reader. `TensorBoardLog` mirrors the rows into TensorBoard event files beside
+metrics.jsonl (`nanotrain run --logger tensorboard`); metrics.jsonl stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from nanotrain.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+# Row fields that are bookkeeping, not metrics: never sent to TensorBoard.
+NOT_METRICS = frozenset({"kind", "step", "time"})
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """Train and val rows of a metrics.jsonl, sorted by step. A train row for step s drops every earlier row at
+    step >= s: after a crash, the run resumed from an older checkpoint and those rows belong to a lost timeline."""
+    train: list[dict] = []
+    val: list[dict] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        if row.get("kind") == "train":
+            train = [r for r in train if r["step"] < row["step"]] + [row]
+            val = [r for r in val if r["step"] < row["step"]]
+        elif row.get("kind") == "val":
+            val = [r for r in val if r["step"] != row["step"]] + [row]
+    return train, sorted(val, key=lambda r: r["step"])
+
+
+def summary_writer_class() -> type:
+    """`torch.utils.tensorboard.SummaryWriter`, or a UserError naming the extra that installs it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--logger tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or pip install 'nanolab[plot]')") from None
+    return SummaryWriter
+
+
+def scalar_tag(kind: str, key: str) -> str:
+    """The TensorBoard tag of field `key` of a `kind` row: train/loss, train/lr, ..., val/ce, val/bpb."""
+    return f"{kind}/{key.removeprefix(f'{kind}_')}"
+
+
+class TensorBoardLog:
+    """TensorBoard event files in `run_dir`, beside metrics.jsonl: one scalar per numeric field of each row,
+    at the row's step and wall time. Opened at `start_step` (the step training continues from), it hides the
+    events a stopped attempt logged after that step, as a resume drops those rows from metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, start_step: int) -> None:
+        self.writer = summary_writer_class()(log_dir=str(run_dir), purge_step=start_step + 1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        kind, step = row.get("kind"), row.get("step")
+        for key, value in row.items():
+            if key in NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(scalar_tag(kind, key), value, global_step=step, walltime=row.get("time"))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

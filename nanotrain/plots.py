@@ -1,0 +1,47 @@
+"""Figures of `nanotrain schedule --plot` and `nanotrain plot`: matplotlib (the `plot` extra) on the Agg backend,
+imported only when a figure is asked for, and written to a temporary file that is renamed into place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nanotrain.errors import UserError
+
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_figure_path(path: Path, flag: str, what: str | None = None) -> Path:
+    """Refuse a bad figure path `flag` before any work: wrong suffix, missing folder, or no matplotlib (said as
+    needed by `what`, default the flag)."""
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"{flag} {path}: use a {', '.join(FIGURE_SUFFIXES)} file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    pyplot(what or flag)
+    return path
+
+
+def pyplot(flag: str) -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed); UserError naming the extra when it is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError(f"{flag} needs matplotlib: pip install matplotlib (or pip install 'nanolab[plot]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write `fig` to `path` (format from its suffix) through a temporary file, and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
