@@ -3,9 +3,11 @@
 Hashing (§4.2). For table i (order n = orders[i // heads], i = order_idx*heads + head) at position t:
     h = 0;  for k in 0..n-1:  h = h * P[(i+k) mod 12] + ids[t-(n-1-k)]   (uint64, wrapping)
     index = h mod table_size,  with ids before position 0 read as 0 (<pad>).
-The n-gram ends at t, so it includes the current token and is causal. torch has no uint64 arithmetic, so the
-hash runs on the model's device in int64 ops on four 16-bit limbs (schoolbook multiply, explicit carries, the
-carry out of bit 64 dropped): exactly uint64 wraparound without relying on signed overflow.
+The n-gram ends at t, so it includes the current token and is causal. Since h starts at 0, the loop equals
+h = sum_k ids[t-(n-1-k)] * prod_{j>k} P[(i+j) mod 12] (mod 2^64), so the products of primes are constants made
+once (`hash_tables`). torch has no uint64 arithmetic, so the hash runs on the model's device in int64 ops on
+16-bit limbs (limb products, explicit carries, the carry out of bit 64 dropped): exactly uint64 wraparound
+without relying on signed overflow.
 `engram_primes="seed"` uses the seed's 12 constants verbatim (3 are composite); "verified" (default) replaces
 each composite by the next prime above it. Tests check primality of every verified constant.
 
@@ -54,63 +56,31 @@ def hash_primes(kind: str) -> tuple[int, ...]:
     raise ValueError(f"engram_primes must be 'seed' or 'verified', got {kind!r}")
 
 
-def _to_limbs(x: torch.Tensor) -> list[torch.Tensor]:
-    """A non-negative int64 tensor (< 2^63) as four 16-bit limbs, least significant first."""
-    return [(x >> (LIMB_BITS * j)) & LIMB_MASK for j in range(N_LIMBS)]
+def _coefficients(orders: list[int], heads: int, primes: tuple[int, ...]) -> list[list[int]]:
+    """C[k][i] = prod_{j=k+1}^{n-1} P[(i+j) mod 12] mod 2^64 for table i of order n, aligned so that k = K-1 is
+    the current token (K = max order); 0 where the table's n-gram does not reach back k steps.
 
-
-def _carry(limbs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Propagate carries so every limb is < 2^16; the carry out of the top limb (bit 64) is dropped."""
-    out = []
-    carry = torch.zeros_like(limbs[0])
-    for limb in limbs:
-        total = limb + carry
-        out.append(total & LIMB_MASK)
-        carry = total >> LIMB_BITS
-    return out
-
-
-def _mul_add_u64(limbs: list[torch.Tensor], mult: torch.Tensor, add: torch.Tensor) -> list[torch.Tensor]:
-    """(limbs * mult + add) mod 2^64, elementwise. `mult` [N_LIMBS, n_tables] holds each table's multiplier as
-    16-bit limbs and broadcasts over the last dim of `limbs`/`add`; `add` is a non-negative tensor."""
-    prod = []
-    for k in range(N_LIMBS):
-        acc = add if k == 0 else torch.zeros_like(add)
-        for j in range(k + 1):
-            acc = acc + limbs[k - j] * mult[j]
-        prod.append(acc)
-    # Each partial sum is below 4 * 2^32 + max(add), far inside int64.
-    return _carry(prod)
-
-
-def _mod_u64(limbs: list[torch.Tensor], modulus: int) -> torch.Tensor:
-    """The uint64 held in `limbs`, reduced modulo `modulus` (< 2^31), as int64."""
-    total = torch.zeros_like(limbs[0])
-    for j, limb in enumerate(limbs):
-        total = total + limb * (pow(2, LIMB_BITS * j, modulus))
-    return total % modulus
-
-
-def hash_tables(orders: list[int], heads: int, primes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """([max_order, N_LIMBS, n_tables] multipliers, [n_tables] orders): the constants for hashing all tables at once
-    (the model keeps them as buffers, so a decode step builds nothing).
-
-    Every table runs max(orders) steps so all tables hash in one vectorised pass: a table of order n < max
-    starts with max-n dummy steps that see token 0 and keep h at 0 (0*P + 0), then its real steps k = 0..n-1
-    use P[(i+k) mod 12] as in the seed.
-    """
-    steps = max(orders)
-    table = torch.zeros(steps, N_LIMBS, len(orders) * heads, dtype=torch.long)
+    The hash loop h = h * P + x starts from h = 0, so it equals sum_k x_k * C[k] (mod 2^64)."""
+    window = max(orders)
+    coeffs = [[0] * (len(orders) * heads) for _ in range(window)]
     for order_idx, n in enumerate(orders):
         for head in range(heads):
             i = order_idx * heads + head
             for k in range(n):
-                prime = primes[(i + k) % len(primes)]
-                for j in range(N_LIMBS):
-                    table[steps - n + k, j, i] = (prime >> (LIMB_BITS * j)) & LIMB_MASK
-    # the order of each table, so a table of order n sees token 0 during its max-n dummy steps
-    table_order = torch.tensor([n for n in orders for _ in range(heads)])
-    return table, table_order
+                c = 1
+                for j in range(k + 1, n):
+                    c = c * primes[(i + j) % len(primes)] % (1 << 64)
+                coeffs[window - n + k][i] = c
+    return coeffs
+
+
+def hash_tables(orders: list[int], heads: int, primes: tuple[int, ...]) -> torch.Tensor:
+    """The constants for hashing all tables at once: [max_order, n_tables, N_LIMBS] int64, each coefficient of
+    `_coefficients` as 16-bit limbs, least significant first (the model keeps it as a buffer, so a decode step
+    builds nothing)."""
+    coeffs = _coefficients(orders, heads, primes)
+    return torch.tensor([[[(c >> (LIMB_BITS * j)) & LIMB_MASK for j in range(N_LIMBS)] for c in row]
+                         for row in coeffs], dtype=torch.long)
 
 
 def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: list[int], heads: int,
@@ -120,27 +90,36 @@ def ngram_hash_indices(ids: torch.Tensor, history: torch.Tensor | None, orders: 
     `history` [B, max(orders)-1] holds the tokens just before ids[:, 0] (zeros = before the sequence start);
     None means the sequence starts at ids[:, 0].
     """
-    mult, table_order = hash_tables(orders, heads, primes)
-    return hash_indices(ids, history, mult.to(ids.device), table_order.to(ids.device), table_size)
+    return hash_indices(ids, history, hash_tables(orders, heads, primes).to(ids.device), table_size)
 
 
-def hash_indices(ids: torch.Tensor, history: torch.Tensor | None, mult: torch.Tensor, table_order: torch.Tensor,
+def hash_indices(ids: torch.Tensor, history: torch.Tensor | None, coeffs: torch.Tensor,
                  table_size: int) -> torch.Tensor:
-    """`ngram_hash_indices` with the constants of `hash_tables` given. All tables are hashed together (a fixed
-    ~100 tensor ops however many tables), which keeps a decode step cheap."""
+    """`ngram_hash_indices` with the constants of `hash_tables` given: all tables hashed together in ~30 tensor
+    ops, however many tables and tokens.
+
+    Token ids (< 2^32) are split into two 16-bit limbs; every limb product is < 2^32 and a limb sums at most
+    2 * max_order of them, far inside int64. Carries then run from the lowest limb up, the carry out of bit 64
+    is dropped (uint64 wraparound), and the four limbs reduce modulo `table_size` (< 2^31) with 2^(16j) mod m."""
     ids = ids.long()
-    ctx = mult.shape[0] - 1
+    window = coeffs.shape[0]
     if history is None:
-        history = torch.zeros(ids.shape[0], ctx, dtype=torch.long, device=ids.device)
-    full = torch.cat((history.long(), ids), dim=1)
-    t = ids.shape[1]
-    h = _to_limbs(torch.zeros(*ids.shape, mult.shape[-1], dtype=torch.long, device=ids.device))
-    for step in range(ctx + 1):
-        back = ctx - step
-        tok = full[:, ctx - back: ctx - back + t].unsqueeze(-1)
-        tok = torch.where(table_order > back, tok, torch.zeros_like(tok))
-        h = _mul_add_u64(h, mult[step], tok)
-    return _mod_u64(h, table_size)
+        history = torch.zeros(ids.shape[0], window - 1, dtype=torch.long, device=ids.device)
+    grams = torch.cat((history.long(), ids), dim=1).unfold(1, window, 1)  # [B, T, K]: tokens t-K+1 .. t
+    lo = ((grams & LIMB_MASK)[..., None, None] * coeffs).sum(dim=2)  # [B, T, n_tables, N_LIMBS]
+    hi = ((grams >> LIMB_BITS)[..., None, None] * coeffs[..., :-1]).sum(dim=2)  # lands one limb up
+    limbs = lo.unbind(-1)
+    highs = hi.unbind(-1)
+    carry = None
+    total = None
+    for j in range(N_LIMBS):
+        limb = limbs[j] if j == 0 else limbs[j] + highs[j - 1]
+        if carry is not None:
+            limb = limb + carry
+        carry = limb >> LIMB_BITS
+        term = (limb & LIMB_MASK) * pow(2, LIMB_BITS * j, table_size)
+        total = term if total is None else total + term
+    return total % table_size
 
 
 def causal_depthwise_conv(z: torch.Tensor, weight: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:

@@ -160,9 +160,8 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("id_cache", None, persistent=False)
         self.register_buffer("cache_positions", None, persistent=False)  # 0..max_len-1 while caches are set up
-        mult, order = hash_tables(cfg.engram_orders, cfg.engram_heads, hash_primes(cfg.engram_primes))
-        self.register_buffer("engram_mult", mult, persistent=False)
-        self.register_buffer("engram_order", order, persistent=False)
+        coeffs = hash_tables(cfg.engram_orders, cfg.engram_heads, hash_primes(cfg.engram_primes))
+        self.register_buffer("engram_coeffs", coeffs, persistent=False)
         self.register_load_state_dict_pre_hook(_fuse_legacy_weights)
 
     def local_blocks(self) -> list[Block]:
@@ -244,7 +243,7 @@ class GPT(nn.Module):
         if at is not None:
             write_at(self.id_cache, 1, at, idx)
             history = read_before(self.id_cache, at, max(cfg.engram_orders) - 1)
-        return hash_indices(idx, history, self.engram_mult, self.engram_order, cfg.engram_table_size)
+        return hash_indices(idx, history, self.engram_coeffs, cfg.engram_table_size)
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, *, bypass_noncausal: bool = False,
                 logits_at: torch.Tensor | None = None, kv_len: int | None = None) -> ModelOutput:

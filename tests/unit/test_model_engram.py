@@ -77,6 +77,7 @@ def test_hash_matches_python_int_reference_including_uint64_wraparound(kind):
     rng = random.Random(0)
     batch = [[rng.randrange(65536) for _ in range(24)] for _ in range(3)]
     batch[0][:3] = [65535, 65535, 65535]
+    batch[1][:4] = [2 ** 32 - 1, 70000, 2 ** 20 + 5, 65536]  # ids above 16 bits (vocabularies past 65,536)
     idx = ngram_hash_indices(torch.tensor(batch), None, [2, 3], 4, 10007, primes)
     assert idx.shape == (3, 24, 8) and idx.dtype == torch.int64
     wraps = 0
