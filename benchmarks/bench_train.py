@@ -137,10 +137,12 @@ def random_batch(vocab: int, batch_size: int, seq_len: int, device, seed: int):
 
 
 def model_info(model, cfg, seq_len: int) -> dict[str, Any]:
-    n_matmul = common.matmul_params(model)
+    from nanotrain.mfu import flops_per_token, matmul_params
+
+    n_matmul = matmul_params(model)
     head_dim = cfg.dim // cfg.n_heads
     return {"params": sum(p.numel() for p in model.parameters()), "matmul_params": n_matmul,
-            "flops_per_token": common.flops_per_token(n_matmul, cfg.n_layers, cfg.n_heads, head_dim, seq_len)}
+            "flops_per_token": flops_per_token(n_matmul, cfg.n_layers, cfg.n_heads, head_dim, seq_len)}
 
 
 def our_variant(recipe: str, scale: str, overrides: list[str], args, device, name: str,
@@ -260,13 +262,15 @@ def reference_variant(recipe: str, scale: str, overrides: list[str], args, devic
 
 
 def summarise(measurements: list[common.Measurement], tokens_per_step: int, peak: float | None) -> list[dict]:
+    from nanotrain.mfu import mfu
+
     rows = []
     for m in measurements:
         ms = m.median_ms
         tok_s = tokens_per_step / (ms / 1e3)
         cpu = m.median_cpu_ms
         rows.append({"name": m.name, **m.info, "step_ms": round(ms, 3), "step_ms_all": [round(t, 3) for t in m.step_ms],
-                     "tok_per_s": round(tok_s, 1), "mfu": common.mfu(tok_s, m.info["flops_per_token"], peak),
+                     "tok_per_s": round(tok_s, 1), "mfu": mfu(tok_s, m.info["flops_per_token"], peak),
                      "peak_mem_gib": common.gib(m.peak_mem_bytes),
                      "cpu_step_ms": None if cpu is None else round(cpu, 3),
                      "tok_per_cpu_s": None if cpu is None else round(tokens_per_step / (cpu / 1e3), 1)})

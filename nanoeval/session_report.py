@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nanotrain.errors import UserError
+from nanotrain.files import read_metrics
 
 STATE_FILE = "session.json"
 
@@ -96,30 +97,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """Train and val rows of a metrics.jsonl, sorted by step. A train row for step s drops every earlier row at
-    step >= s: after a crash, the run resumed from an older checkpoint and those rows belong to a lost timeline."""
-    train: list[dict] = []
-    val: list[dict] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return [], []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            continue
-        if row.get("kind") == "train":
-            train = [r for r in train if r["step"] < row["step"]] + [row]
-            val = [r for r in val if r["step"] < row["step"]]
-        elif row.get("kind") == "val":
-            val = [r for r in val if r["step"] != row["step"]] + [row]
-    return train, sorted(val, key=lambda r: r["step"])
 
 
 def _planned_config(record: dict[str, Any], scale: str | None) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nanotrain.errors import UserError
+from nanotrain.files import read_metrics, write_json
 
 STATE_FILE = "session.json"
 STATE_SCHEMA = "nanotrain.session/1"
@@ -543,13 +544,6 @@ def format_plan(plan: Plan, runs_dir: Path, data: Path | None = None, launcher: 
 
 
 # ---------------------------------------------------------------------------------------------- state file
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write: a temporary sibling renamed over the target."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_state(folder: Path) -> dict[str, Any]:
     """A session folder's session.json, or {} if there is none yet; UserError if it is unreadable."""
     path = folder / STATE_FILE
@@ -607,7 +601,7 @@ class State:
     def save(self) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(self.path, self.data)
+        write_json(self.path, self.data)
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -638,19 +632,8 @@ class SessionResult:
 
 def _last_step(run_dir: Path) -> int:
     """The step of the newest train row in metrics.jsonl (0 when none)."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("kind") == "train":
-            return int(row.get("step", 0))
-    return 0
+    train, _ = read_metrics(run_dir / "metrics.jsonl")
+    return train[-1]["step"] if train else 0
 
 
 def _tail(path: Path, n: int = 3) -> str:

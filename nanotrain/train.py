@@ -35,13 +35,14 @@ from nanotrain.config import ModelConfig, TrainConfig
 from nanotrain.data.loader import WindowLoader, sequential_batches
 from nanotrain.dist import DistInfo, all_reduce_, barrier, wrap_model
 from nanotrain.errors import UserError
+from nanotrain.files import atomic_write
+from nanotrain.mfu import flops_per_token, matmul_params, peak_bf16_flops
+from nanotrain.mfu import mfu as model_flops_utilisation
 from nanotrain.model.gpt import GPT
 from nanotrain.model.mtp import mtp_loss
 from nanotrain.optim.groups import build_optimizers, clip_grad_norm_, zero_wavefield_physics_grads
 from nanotrain.optim.schedule import lr_multiplier
 
-# Dense bf16 peak FLOP/s of the GPUs we know; MFU is reported only for these (else null).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12}
 
 
 class TrainingDiverged(UserError):
@@ -169,23 +170,6 @@ class _CompileFallback:
         return out
 
 
-def matmul_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in a matmul per token: 2-D+ weights except lookup tables (Engram), with the
-    tied embedding counted once as the output head."""
-    n = 0
-    for name, p in model.named_parameters():
-        if p.ndim < 2 or ".engram.tables." in name or ".engram.table." in name:
-            continue
-        n += p.numel()
-    return n
-
-
-def flops_per_token(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> float:
-    """6·N_matmul + 12·L·H·hd·T: forward+backward matmul FLOPs per trained token (PaLM appendix B style)."""
-    hd = cfg.dim // cfg.n_heads
-    return 6.0 * matmul_params(model) + 12.0 * cfg.n_layers * cfg.n_heads * hd * seq_len
-
-
 def step_memory_bytes(n_params: int, cfg: ModelConfig, local_batch: int, seq_len: int, bf16: bool) -> int:
     """A lower bound on the memory one training step of one process needs, in bytes.
 
@@ -222,16 +206,6 @@ def available_memory(device: torch.device) -> tuple[int, str] | None:
     except (OSError, ValueError):
         pass
     return avail, "available RAM"
-
-
-def gpu_peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in GPU_PEAK_FLOPS.items():
-        if key in name:
-            return peak
-    return None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -336,8 +310,10 @@ class Trainer:
         self.last_train: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
-        self.flops_per_token = flops_per_token(self.model, model_cfg, train_cfg.seq_len)
-        self.peak_flops = gpu_peak_flops(self.device)
+        self.flops_per_token = flops_per_token(matmul_params(self.model), model_cfg.n_layers, model_cfg.n_heads,
+                                               model_cfg.dim // model_cfg.n_heads, train_cfg.seq_len)
+        self.peak_flops = (peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda"
+                           else None)
         self._stop_requested = False
         self._stop_signal: int | None = None
         self._saving = False
@@ -462,9 +438,7 @@ class Trainer:
         lines = path.read_text().splitlines()
         keep = [line for line in lines if step_of(line) <= self.step]
         if len(keep) != len(lines):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(path)
+            atomic_write(path, "".join(line + "\n" for line in keep))
 
     def _rollback(self) -> None:
         """Reload the newest complete checkpoint of this run and scale the LR down for a while."""
@@ -572,8 +546,8 @@ class Trainer:
         mean = (lambda i: a[i] / a[5]) if a[5] > 0 else (lambda i: float("nan"))
         tokens = n_steps * self.train_cfg.batch_size * self.train_cfg.seq_len
         tok_per_s = tokens / seconds if seconds > 0 else float("nan")
-        mfu = (self.flops_per_token * tok_per_s / (self.peak_flops * self.dist.world_size)
-               if self.peak_flops else None)
+        mfu = model_flops_utilisation(tok_per_s, self.flops_per_token,
+                                      self.peak_flops and self.peak_flops * self.dist.world_size)
         row = {
             "kind": "train", "step": self.step, "loss": mean(0), "ce": mean(1), "entropy": mean(2),
             "mtp": mean(3) if self.model_cfg.mtp_heads else None, "lr": self.train_cfg.lr * self.lr_mult(self.step - 1),

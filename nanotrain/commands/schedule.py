@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from nanotrain.config import TrainConfig
 from nanotrain.errors import UserError
+from nanotrain.files import atomic_write
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -144,7 +146,7 @@ def _matplotlib():
 
 
 def plot_schedule(cfg: TrainConfig, path: Path, title: str, resume: Resume | None = None) -> None:
-    """Draw Muon and Lion LR over the whole schedule to `path`, written to a temporary file and renamed."""
+    """Draw Muon and Lion LR over the whole schedule to `path`, written atomically."""
     matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,10 +165,9 @@ def plot_schedule(cfg: TrainConfig, path: Path, title: str, resume: Resume | Non
         for ax in (ax_m, ax_l):
             ax.axvline(resume.step, color="gray", linestyle=":", linewidth=1)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
-        tmp.replace(path)
+        fig.savefig(buffer, format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, buffer.getvalue())
