@@ -1,9 +1,10 @@
 """Gradio side-by-side generation demo: 2-4 checkpoints, one prompt, streamed completions, tree-sitter verdicts.
 
-Start it with `python -m apps.demo --runs runs` (or the `nanolab-demo` script). Completions come from nanoeval's
-inference engine (causal, KV-cached, seeded sampling). Each panel is scored with `nanoeval.rust.score_sample` (truncation-
-aware validity, lexer-aware bracket balance). Checkpoints with a bidirectional (non-causal) wavefield layer are
-refused unless the user ticks the explicit bypass mode, and the panel then says so.
+Start it with `python -m apps.demo --runs runs` (or the `nanolab-demo` script). Completions come from
+nanoeval's inference engine (causal, KV-cached, seeded sampling). Each panel is scored with
+`nanoeval.rust.score_sample` (truncation-aware validity, lexer-aware bracket balance). Checkpoints with a
+bidirectional (non-causal) wavefield layer are refused unless the user ticks the explicit bypass mode, and the
+panel then says so.
 
 Only checkpoints under the runs folder given at launch can be opened: any other path (`..`, absolute paths,
 symlinks that leave the folder, a checkpoint whose files are symlinks leaving it) is refused with one clear line.
@@ -144,7 +145,7 @@ class CachedModel:
 
 class ModelCache:
     """LRU cache of loaded checkpoints keyed by real path and weights mtime, so a rewritten checkpoint reloads.
-    Each load checks the checkpoint against its manifest unless `verify` is False (`python -m apps.demo --no-verify`)."""
+    Each load checks the checkpoint against its manifest unless `verify` is False (the demo's `--no-verify`)."""
 
     def __init__(self, capacity: int, verify: bool = True) -> None:
         if capacity < 1:

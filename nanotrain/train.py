@@ -1,7 +1,7 @@
 """The trainer: compose model, data, optimizers, schedule and checkpoints into one resumable loop.
 
-Implements seed-spec §5.2/§5.3 (objective and what is logged), §6.3 (step order, clipping), §6.6 (NaN handling),
-§7 (WSD schedule) and §9 (checkpoints), with the fixes ARCHITECTURE.md lists: the LR is set *before* each update
+Implements the original runs' objective, step order, clipping, NaN handling, schedule and checkpoints
+(docs/original-runs.md), with the fixes listed there: the LR is set *before* each update
 from the step index (warmup from 0), `ce` (true next-token NLL), `entropy` (the seed's "H") and `loss` (the
 objective) are logged separately, a resume restores everything needed to continue bit-for-bit (the batch is a
 pure function of the step), and extending a converged run re-warms the LR instead of jumping.
@@ -52,7 +52,7 @@ class TrainingDiverged(UserError):
 @dataclass
 class NanGuard:
     """Non-finite steps are skipped; `patience` in a row roll back to the last checkpoint with the LR scaled by
-    `lr_factor` for `cooldown` steps; after `max_rollbacks` rollbacks the run aborts (seed-spec §6.6)."""
+    `lr_factor` for `cooldown` steps; after `max_rollbacks` rollbacks the run aborts."""
 
     patience: int = 3
     max_rollbacks: int = 3
@@ -95,7 +95,7 @@ ENTROPY_ROW_STRIDE = 4  # the training entropy metric reads rows 0, 4, 8, ... of
 
 def objective(out: Any, y: torch.Tensor, cfg_label_smoothing: float, mtp_weight: float
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Label-smoothed CE on the main head + mtp_weight·Σ w_i·CE_i of the MTP heads (seed-spec §5.2).
+    """Label-smoothed CE on the main head + mtp_weight·Σ w_i·CE_i of the MTP heads (docs/original-runs.md).
 
     Head i at position t predicts token t+i+2 (`nanotrain.model.mtp.mtp_loss`: weights [1, 0.5, 0.25], no label
     smoothing, positions past the end dropped). Returns (loss, parts); parts holds detached `ce` (pure next-token
@@ -225,7 +225,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
     random.setstate(s["python"])
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
 class Trainer:

@@ -1,4 +1,4 @@
-"""mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (seed-spec §2.2-2.3).
+"""mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (docs/original-runs.md).
 
 The maths, per sub-layer (`mhc_attn`, `mhc_ffn`), on streams X_0..X_{N-1} (each [B, T, dim]):
 - expand(x):  every stream starts as a copy of x (once, after the embedding).

@@ -1,4 +1,5 @@
-"""Engram (seed-spec §4): primes, uint64-wrapping hashes against a Python-int reference, conv tap order, cache."""
+"""Engram (docs/original-runs.md): primes, uint64-wrapping hashes against a Python-int reference, conv tap order,
+cache."""
 
 import random
 

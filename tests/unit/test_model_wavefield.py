@@ -1,4 +1,4 @@
-"""Wavefield Haar (seed-spec §3): layer choice, Haar transform, scatter, bidirectional vs causal operator."""
+"""Wavefield Haar (docs/original-runs.md): layer choice, Haar transform, scatter, bidirectional vs causal operator."""
 
 import dataclasses
 
