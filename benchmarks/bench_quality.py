@@ -185,9 +185,10 @@ def reference_as_gpt(ref_model, model_cfg):
 
 def train_reference(args, scale: str, device_name: str, work: Path) -> dict[str, Any]:
     """Train the plain GPT with AdamW on the batches `nanotrain run` draws; save it as a GPT checkpoint."""
-    import torch
-
     import reference
+    import torch
+    from tqdm import tqdm
+
     from nanotrain.checkpoint import save_checkpoint
     from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, GRAPHS_AUTO_MAX_BATCH
     from nanotrain.data.default import repeat_note
@@ -196,7 +197,6 @@ def train_reference(args, scale: str, device_name: str, work: Path) -> dict[str,
     from nanotrain.errors import UserError
     from nanotrain.optim.schedule import wsd
     from nanotrain.recipes import get_recipe
-    from tqdm import tqdm
 
     folder = work / REFERENCE_NAME / "final"
     if folder.exists():

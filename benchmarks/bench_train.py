@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_train.py",
@@ -239,9 +238,8 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
 def reference_variant(recipe: str, scale: str, overrides: list[str], args, device, optimiser: str) -> common.Variant:
     """The plain reference GPT at our recipe's shapes, with AdamW or batched Muon + AdamW."""
     def build():
-        import torch
-
         import reference
+        import torch
 
         model_cfg, train_cfg = build_model_cfg(recipe, scale, overrides)
         cfg = reference.RefConfig.from_model_config(model_cfg, label_smoothing=train_cfg.label_smoothing)

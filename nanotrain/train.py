@@ -44,7 +44,6 @@ from nanotrain.optim.groups import build_optimizers, clip_grad_norm_, zero_wavef
 from nanotrain.optim.schedule import lr_multiplier
 
 
-
 class TrainingDiverged(UserError):
     """The loss stayed non-finite through every rollback the NaN guard allows."""
 

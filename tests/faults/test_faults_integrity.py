@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from regression import spec
 
 from nanotrain import checkpoint as ckpt
 from nanotrain.errors import UserError
-
-from regression import spec
 
 from .conftest import step_dirs
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from apps.demo import discover_checkpoints, resolve_checkpoint
 from nanoeval.cli import main as nanoeval_main
 from nanotrain.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPT = "fn main() {"
 CAUSAL = ["engram-v1/final", "baseline-v1/final"]

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from nanotrain.config import ModelConfig
-from nanotrain.model.engram import (SEED_PRIMES, VERIFIED_PRIMES, Engram, causal_depthwise_conv, hash_primes,
-                                    ngram_hash_indices)
+from nanotrain.model.engram import (
+    SEED_PRIMES,
+    VERIFIED_PRIMES,
+    Engram,
+    causal_depthwise_conv,
+    hash_primes,
+    ngram_hash_indices,
+)
 
 
 def is_prime(n: int) -> bool:
