@@ -189,8 +189,8 @@ def compile_fn(fn, args, mode: str | None = None):
 def compile_regions(model, args):
     """Regional compilation: each transformer block compiled on its own (`nn.Module.compile`), the rest eager. The
     blocks share their code, so Dynamo and Inductor build one graph (per block kind) instead of the whole unrolled
-    model: on the CPU (eighth session, baseline-v1 at tiny widths, 20 layers, fresh compile caches) it built in 52-61 s
-    against 163-165 s, at 9-15% more step time. Returns the model, to be called as is."""
+    model: on a 2-core Intel Xeon VM (baseline-v1 at tiny widths, 20 layers, fresh compile caches) it built in
+    52-61 s against 163-165 s, at 9-15% more step time. Returns the model, to be called as is."""
     from nanotrain.errors import UserError
 
     if not hasattr(model, "blocks"):
