@@ -89,10 +89,10 @@ class Command:
 
 def _command(module: str, name: str, skip: set[str], check: str, required: tuple[str, ...]) -> Command:
     """Read the parser `module.register` builds for sub-command `name`: every plain valued option not in `skip`."""
-    root = argparse.ArgumentParser(add_help=False)
     mod = importlib.import_module(module)
-    mod.register(root.add_subparsers())
-    parser = root._subparsers._group_actions[0].choices[name]
+    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
+    mod.register(sub)
+    parser = sub.choices[name]
     flags = {}
     for action in parser._actions:
         if type(action) is not argparse._StoreAction or not action.option_strings or action.dest in skip:

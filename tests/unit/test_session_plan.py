@@ -206,7 +206,7 @@ def test_run_and_score_keys_are_the_commands_own_flags(tmp_path):
     reaches the command as that flag; the parsers accept the argv the session builds."""
     from nanoeval.commands.score import register as register_score
     from nanotrain.commands.run import register as register_run
-    from nanotrain.session import Launcher, run_cli, score_cli, score_command, train_command
+    from nanotrain.session import SCORE_DEFAULTS, Launcher, run_cli, score_cli, score_command, train_command
 
     assert {"steps", "total_steps", "batch_size", "seq_len", "seed", "log_every", "eval_every", "ckpt_every",
             "rewarm_steps", "threads", "time_budget", "dtype", "resume_lr"} <= set(run_cli().flags)
@@ -214,6 +214,7 @@ def test_run_and_score_keys_are_the_commands_own_flags(tmp_path):
     assert {"prompts", "samples_per_prompt", "max_new_tokens", "heldout_tokens", "temperature", "seed", "top_k",
             "top_p", "validator"} <= set(score_cli().flags)
     assert not {"ckpt", "out", "data", "device", "inference_mode"} & set(score_cli().flags)
+    assert all(set(defaults) <= set(score_cli().flags) for defaults in SCORE_DEFAULTS.values())
     f = tmp_path / "s.toml"
     f.write_text('[[run]]\nname = "a"\nrecipe = "baseline"\nrewarm_steps = 7\ndtype = "fp32"\ntime_budget = 2\n'
                  '[score]\ntop_k = 5\nvalidator = "both"\nsamples_per_prompt = 3\n')
