@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.nanolab-installed
 
-.PHONY: setup quickstart test test-all test-slow bench browser data-quality gpu-wheels
+.PHONY: setup quickstart lint test test-all test-slow bench browser data-quality gpu-wheels
 
 setup: $(STAMP)
 
@@ -36,8 +36,12 @@ gpu-wheels: setup
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  --platform manylinux1_x86_64 -d .whl tree-sitter==0.26.1 tree-sitter-rust==0.24.2
 
-# Fast tests (a few minutes on 2 cores). Slow tests: make test-slow.
-test: setup
+# Lint (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml), then the fast tests (a few minutes
+# on 2 cores). Slow tests: make test-slow.
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: setup

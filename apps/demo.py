@@ -1,9 +1,10 @@
 """Gradio side-by-side generation demo: 2-4 checkpoints, one prompt, streamed completions, tree-sitter verdicts.
 
-Sampling follows nanoeval's causal KV-cached sampler (the seed's generation is described in seed-spec §10.1;
-we sample exactly, seeded, with a cache). Each panel is scored with `nanoeval.rust.score_sample` (truncation-
-aware validity, lexer-aware bracket balance). Checkpoints with a bidirectional (non-causal) wavefield layer are
-refused unless the user ticks the explicit bypass mode, and the panel then says so.
+Start it with `python -m apps.demo --runs runs` (or the `nanolab-demo` script). Completions come from
+nanoeval's inference engine (causal, KV-cached, seeded sampling). Each panel is scored with
+`nanoeval.rust.score_sample` (truncation-aware validity, lexer-aware bracket balance). Checkpoints with a
+bidirectional (non-causal) wavefield layer are refused unless the user ticks the explicit bypass mode, and the
+panel then says so.
 
 Only checkpoints under the runs folder given at launch can be opened: any other path (`..`, absolute paths,
 symlinks that leave the folder, a checkpoint whose files are symlinks leaving it) is refused with one clear line.
@@ -13,24 +14,27 @@ the Gradio queue caps concurrent generations so several users cannot exhaust mem
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from nanotrain.errors import UserError
+from nanotrain.files import read_metrics
+
+if TYPE_CHECKING:  # gradio and pandas are imported where the app is built, so --help and bad flags answer fast
+    import gradio as gr
+    import pandas as pd
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, also from anything gradio sets up at import
-
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from nanotrain.errors import UserError  # noqa: E402
 
 log = logging.getLogger("nanolab.demo")
 
@@ -141,7 +145,7 @@ class CachedModel:
 
 class ModelCache:
     """LRU cache of loaded checkpoints keyed by real path and weights mtime, so a rewritten checkpoint reloads.
-    Each load checks the checkpoint against its manifest unless `verify` is False (`nanoeval app --no-verify`)."""
+    Each load checks the checkpoint against its manifest unless `verify` is False (the demo's `--no-verify`)."""
 
     def __init__(self, capacity: int, verify: bool = True) -> None:
         if capacity < 1:
@@ -467,22 +471,6 @@ def score_reports(run_dir: Path) -> list[Path]:
     return found
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The JSON lines of `<run>/metrics.jsonl` (a half-written last line is skipped)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def list_runs(runs_dir: Path) -> list[str]:
     """Run folders with something to show: a metrics log, a checkpoint or a score report."""
     root = runs_dir.resolve()
@@ -527,9 +515,12 @@ def compare_markdown(runs_dir: Path, runs: list[str]) -> str:
 
 def training_curves(runs_dir: Path, runs: list[str]) -> pd.DataFrame:
     """Long table (run, metric, step, value) of loss / CE / val CE from each run's metrics.jsonl."""
+    import pandas as pd
+
     rows = []
     for run in runs:
-        for m in read_metrics(resolve_run(runs_dir, run)):
+        train, val = read_metrics(resolve_run(runs_dir, run) / "metrics.jsonl")
+        for m in train + val:
             step = m.get("step")
             for name in CURVE_METRICS:
                 value = m.get(name)
@@ -548,6 +539,8 @@ def build_app(runs_dir: Path, *, cache_size: int = 4, concurrency: int = 2, max_
               verify: bool = True, validator: str = "tree-sitter", rustc: Any = None) -> gr.Blocks:
     """The Blocks app: a Generate tab (side-by-side streaming) and a Metrics tab (compare table, curves).
     `validator` rustc/both also shows rustc's verdict on each panel (`rustc`: a `nanoeval.rustc.Rustc`)."""
+    import gradio as gr
+
     from nanoeval.prompts import SEED_PROMPTS
 
     backend = DemoBackend(runs_dir, cache_size, verify, validator, rustc)
@@ -673,3 +666,66 @@ def launch(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 7860, cache_s
     except OSError as e:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({e})") from None
     return demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nanoeval.load import add_verify_flag
+    from nanoeval.rustc import add_validator_args
+
+    p = argparse.ArgumentParser(
+        prog="nanolab-demo",
+        description=(
+            "Serve a web page that streams completions from 2-4 checkpoints side by side, scores each with "
+            "tree-sitter, and shows the runs' score reports and training curves. Only checkpoints under --runs "
+            "(<run>/final, <run>/step_N) can be opened. Listens on 127.0.0.1 unless --host says otherwise; "
+            "Gradio analytics are off. Start it as `python -m apps.demo` or `nanolab-demo`."
+        ),
+    )
+    p.add_argument("--runs", type=Path, default=None,
+                   help="runs folder to serve checkpoints from (default: $NANOLAB_RUNS or ./runs)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; use 0.0.0.0 to expose it on the network)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="generations served at once; more requests wait in the queue (default 2)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests allowed to wait in the queue (default 32)")
+    p.add_argument("--cache-size", type=int, default=4,
+                   help="loaded checkpoints kept in memory, least recently used dropped first (default 4)")
+    add_verify_flag(p)
+    add_validator_args(p)
+    p.set_defaults(func=serve)
+    return p
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the flags, then serve the app until interrupted."""
+    from nanoeval.rustc import find_rustc
+    from nanotrain.paths import default_runs_dir
+
+    runs = args.runs if args.runs is not None else default_runs_dir()
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: must be between 1 and 65535")
+    for flag, value in (("--concurrency", args.concurrency), ("--max-queue", args.max_queue),
+                        ("--cache-size", args.cache_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    if not runs.is_dir():
+        raise UserError(f"--runs {runs}: no such folder (train a run first: nanotrain run RECIPE)")
+    rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" else None
+    found = discover_checkpoints(runs)
+    print(f"nanolab-demo: {len(found)} checkpoint(s) under {runs}"
+          + ("" if found else " (none yet: the page can rescan once a run writes one)"))
+    launch(runs, host=args.host, port=args.port, cache_size=args.cache_size, concurrency=args.concurrency,
+           max_queue=args.max_queue, block=True, verify=args.verify, validator=args.validator, rustc=rustc)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m apps.demo` / `nanolab-demo`: user mistakes end with one line and exit code 2."""
+    from nanotrain.cli import run_main
+
+    return run_main(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,14 +159,11 @@ def run_ours(args, scale: str, device: str, work: Path) -> dict[str, Any]:
 
 def run_curve(path: Path) -> dict[str, list]:
     """[step, loss] of the train lines and [step, val_ce, val_bpb] of the val lines of a metrics.jsonl."""
-    train, val = [], []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") == "train" and rec.get("loss") is not None:
-            train.append([rec["step"], rec["loss"]])
-        elif rec.get("kind") == "val" and rec.get("val_ce") is not None:
-            val.append([rec["step"], rec["val_ce"], rec.get("val_bpb")])
-    return {"train_loss": train, "val": val}
+    from nanotrain.files import read_metrics
+
+    train, val = read_metrics(path)
+    return {"train_loss": [[r["step"], r["loss"]] for r in train if r.get("loss") is not None],
+            "val": [[r["step"], r["val_ce"], r.get("val_bpb")] for r in val if r.get("val_ce") is not None]}
 
 
 def reference_model_config(scale: str, vocab_size: int):
@@ -188,9 +185,10 @@ def reference_as_gpt(ref_model, model_cfg):
 
 def train_reference(args, scale: str, device_name: str, work: Path) -> dict[str, Any]:
     """Train the plain GPT with AdamW on the batches `nanotrain run` draws; save it as a GPT checkpoint."""
-    import torch
-
     import reference
+    import torch
+    from tqdm import tqdm
+
     from nanotrain.checkpoint import save_checkpoint
     from nanotrain.commands.run import AUTO_COMPILE_MIN_STEPS, GRAPHS_AUTO_MAX_BATCH
     from nanotrain.data.default import repeat_note
@@ -199,7 +197,6 @@ def train_reference(args, scale: str, device_name: str, work: Path) -> dict[str,
     from nanotrain.errors import UserError
     from nanotrain.optim.schedule import wsd
     from nanotrain.recipes import get_recipe
-    from tqdm import tqdm
 
     folder = work / REFERENCE_NAME / "final"
     if folder.exists():

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_train.py",
@@ -137,10 +136,12 @@ def random_batch(vocab: int, batch_size: int, seq_len: int, device, seed: int):
 
 
 def model_info(model, cfg, seq_len: int) -> dict[str, Any]:
-    n_matmul = common.matmul_params(model)
+    from nanotrain.mfu import flops_per_token, matmul_params
+
+    n_matmul = matmul_params(model)
     head_dim = cfg.dim // cfg.n_heads
     return {"params": sum(p.numel() for p in model.parameters()), "matmul_params": n_matmul,
-            "flops_per_token": common.flops_per_token(n_matmul, cfg.n_layers, cfg.n_heads, head_dim, seq_len)}
+            "flops_per_token": flops_per_token(n_matmul, cfg.n_layers, cfg.n_heads, head_dim, seq_len)}
 
 
 def our_variant(recipe: str, scale: str, overrides: list[str], args, device, name: str,
@@ -188,8 +189,8 @@ def compile_fn(fn, args, mode: str | None = None):
 def compile_regions(model, args):
     """Regional compilation: each transformer block compiled on its own (`nn.Module.compile`), the rest eager. The
     blocks share their code, so Dynamo and Inductor build one graph (per block kind) instead of the whole unrolled
-    model: on the CPU (eighth session, baseline-v1 at tiny widths, 20 layers, fresh compile caches) it built in 52-61 s
-    against 163-165 s, at 9-15% more step time. Returns the model, to be called as is."""
+    model: on a 2-core Intel Xeon VM (baseline-v1 at tiny widths, 20 layers, fresh compile caches) it built in
+    52-61 s against 163-165 s, at 9-15% more step time. Returns the model, to be called as is."""
     from nanotrain.errors import UserError
 
     if not hasattr(model, "blocks"):
@@ -237,9 +238,8 @@ def make_our_step(fwd, objective, model, opts, train_cfg, x, y, amp, fwd_bwd_onl
 def reference_variant(recipe: str, scale: str, overrides: list[str], args, device, optimiser: str) -> common.Variant:
     """The plain reference GPT at our recipe's shapes, with AdamW or batched Muon + AdamW."""
     def build():
-        import torch
-
         import reference
+        import torch
 
         model_cfg, train_cfg = build_model_cfg(recipe, scale, overrides)
         cfg = reference.RefConfig.from_model_config(model_cfg, label_smoothing=train_cfg.label_smoothing)
@@ -260,13 +260,15 @@ def reference_variant(recipe: str, scale: str, overrides: list[str], args, devic
 
 
 def summarise(measurements: list[common.Measurement], tokens_per_step: int, peak: float | None) -> list[dict]:
+    from nanotrain.mfu import mfu
+
     rows = []
     for m in measurements:
         ms = m.median_ms
         tok_s = tokens_per_step / (ms / 1e3)
         cpu = m.median_cpu_ms
         rows.append({"name": m.name, **m.info, "step_ms": round(ms, 3), "step_ms_all": [round(t, 3) for t in m.step_ms],
-                     "tok_per_s": round(tok_s, 1), "mfu": common.mfu(tok_s, m.info["flops_per_token"], peak),
+                     "tok_per_s": round(tok_s, 1), "mfu": mfu(tok_s, m.info["flops_per_token"], peak),
                      "peak_mem_gib": common.gib(m.peak_mem_bytes),
                      "cpu_step_ms": None if cpu is None else round(cpu, 3),
                      "tok_per_cpu_s": None if cpu is None else round(tokens_per_step / (cpu / 1e3), 1)})

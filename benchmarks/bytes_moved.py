@@ -1,7 +1,7 @@
 """Memory traffic of the compiled training step, without a GPU: Inductor's own count of the bytes its kernels read
 and write, ours against the reference, per transformer layer.
 
-A full-scale step at B=16 is bound by memory bandwidth as much as by FLOPs, and a GPU is lent only some of the time.
+A full-scale step at B=16 is bound by memory bandwidth as much as by FLOPs, and a GPU is not always at hand.
 Inductor sums, for every kernel it schedules (fused elementwise and reductions, and the matmuls it calls out to),
 the sizes of the buffers the kernel reads and writes (`GraphLowering.count_bytes`, logged under
 TORCH_LOGS=inductor_metrics). This script compiles the forward, loss and backward of each variant with the caches

@@ -18,7 +18,6 @@ is how its test runs it: `--variant a=--no-compile --variant b=--no-compile`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -46,11 +45,12 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, eval rows) of a run's metrics.jsonl."""
+    """(train rows, val rows) of a run's metrics.jsonl (`nanotrain.files.read_metrics`); UserError if missing."""
+    from nanotrain.files import read_metrics as read_log
+
     if not path.is_file():
         raise UserError(f"{path}: missing (the run wrote no metrics)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind") == "train"], [r for r in rows if "val_ce" in r]
+    return read_log(path)
 
 
 def steady_step_ms(train: list[dict[str, Any]]) -> float | None:

@@ -1,4 +1,4 @@
-"""Shared benchmark harness: device facts, FLOP/MFU accounting, timing, tables and atomic JSON results.
+"""Shared benchmark harness: device facts, timing, tables and JSON results (MFU: `nanotrain.mfu`).
 
 Timing rule: on CUDA each variant runs alone (warm-up, then CUDA events around every step, peak memory from the
 allocator); on CPU all variants are built first and their steps are interleaved round by round, so a neighbour
@@ -16,7 +16,6 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from tqdm import tqdm
 
 from nanotrain.errors import UserError
+from nanotrain.files import write_json  # noqa: F401 - the result writer of every benchmark
+from nanotrain.mfu import peak_bf16_flops
 
 if TYPE_CHECKING:  # torch is imported where it is used, so a script's --help and flag checks start fast
     import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring; first match wins (anchors.md §1.2).
-PEAK_BF16_FLOPS: list[tuple[tuple[str, ...], float]] = [
-    (("H100", "PCIe"), 756e12),
-    (("H100", "NVL"), 835e12),
-    (("H100",), 989e12),
-    (("H200",), 989e12),
-    (("B200",), 2.25e15),
-    (("A100",), 312e12),
-    (("4090",), 165.2e12),
-]
-
-
-def peak_bf16_flops(device_name: str) -> float | None:
-    """The dense bf16 peak of a known GPU, or None (CPU, unknown cards: MFU is then not reported)."""
-    for needles, peak in PEAK_BF16_FLOPS:
-        if all(n.lower() in device_name.lower() for n in needles):
-            return peak
-    return None
-
 
 def resolve_device(name: str) -> torch.device:
     """`cpu` or `cuda` from a --device flag; UserError if CUDA is asked for but absent."""
@@ -120,30 +101,6 @@ def autocast_dtype(name: str) -> torch.dtype | None:
     import torch
 
     return {"bf16": torch.bfloat16, "fp32": None}[name]
-
-
-def matmul_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in matmuls: every ≥2-D weight, the tied embedding counted once as the head.
-
-    Engram hash tables are lookups (0 FLOPs) and are left out (anchors.md §1.6).
-    """
-    seen: set[int] = set()
-    total = 0
-    for name, p in model.named_parameters():
-        if p.dim() < 2 or id(p) in seen or ".tables." in name:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
-
-
-def flops_per_token(n_matmul: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int) -> int:
-    """Training FLOPs per token: 6·N_matmul + 12·L·H·hd·T (PaLM appendix B; causal attention counted in full)."""
-    return 6 * n_matmul + 12 * n_layers * n_heads * head_dim * seq_len
-
-
-def mfu(tok_per_s: float, flops_tok: int, peak: float | None) -> float | None:
-    return None if peak is None else tok_per_s * flops_tok / peak
 
 
 @dataclass
@@ -231,24 +188,6 @@ def process_peak_rss_gib() -> float:
 
 def gib(n: int | None) -> float | None:
     return None if n is None else round(n / 2**30, 3)
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically (temporary sibling, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:

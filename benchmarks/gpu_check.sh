@@ -1,46 +1,42 @@
 #!/usr/bin/env bash
-# The GPU benchmark set, for a session with a lent GPU (H100 or H200). Usage:
+# The GPU benchmark set, for a machine with one CUDA GPU (H100 or H200: the peak table of nanotrain/mfu.py). Usage:
 #   bash benchmarks/gpu_check.sh [targets|run|graphs|extra|all]      (default targets; PY=python3)
 #   ONLY=train_b2,decode bash benchmarks/gpu_check.sh targets        just the named steps, in the order below
 #   PREWARM=0 bash benchmarks/gpu_check.sh targets                   no parallel compile first
+#   OUT=DIR bash benchmarks/gpu_check.sh                             JSON and log to DIR (default benchmarks/results)
 #
-# How one call fits the set: compiling, not stepping, is what takes the time. With a cold compile cache our
-# full-scale step builds in 75-145 s and the reference's in 25-50 s (H200, 2026-11-26/27), ~24 s with the cache warm;
-# the set compiles about ten such graphs. So each part first runs its steps' compiles at once, as short processes
-# of one step each (`--steps 1 --warmup 1`; decode `--repeats 1 --warmup 0`), split by variant where a step builds
-# several ("prewarm"), all writing one Inductor cache (TORCHINDUCTOR_CACHE_DIR; Inductor's compile workers shared
-# out over the host's cores). Then it times the steps one after the other on an idle GPU, each building from the
-# warm cache. Only the timed phase's numbers are reported; the prewarm's own output goes to a scratch folder.
+# Compiling, not stepping, takes most of the time: our full-scale step builds in one to two and a half minutes with
+# a cold compile cache, the reference's in under a minute, and ~25 s from a warm cache; a part compiles up to ten
+# such graphs. So each part first runs its steps' compiles at once, as short processes of one step each
+# (`--steps 1 --warmup 1`; decode `--repeats 1 --warmup 0`), split by variant where a step builds several
+# ("prewarm"), all writing one Inductor cache (TORCHINDUCTOR_CACHE_DIR; Inductor's compile workers shared out over
+# the host's cores). Then it times the steps one after the other on an idle GPU, each building from the warm cache.
+# Only the timed phase's numbers are reported; the prewarm's own output goes to a scratch folder.
 #
-#   targets  every target of the performance issue, in one call; not yet run on a GPU, sized from the H200 runs at
-#            ~8 minutes (prewarm ~3-4, timed steps ~4-5). The open targets are timed first:
-#     train_b16         B=16 compiled: ours against the reference with AdamW and with batched Muon (0.944 of batched
-#                       Muon in the third run, the one training target not met)
+#   targets  every performance target (benchmarks/README.md, "Current results"), the open ones first:
+#     train_b16         B=16 compiled: ours against the reference with AdamW and with batched Muon
 #     decode            256 new tokens at batch 1 and 64 through nanoeval's inference engine (the decode step
 #                       compiled with CUDA graphs; greedy and sampled on the device) against the reference loop
-#                       (targets: >= 1,000 tok/s at batch 1, >= 25k at batch 64)
 #     train_b2          B=2 T=1024: ours with CUDA graphs (as `nanotrain run` trains there by default; the optimiser
-#                       step stays eager) against the reference with batched Muon compiled without graphs (the
-#                       target's yardstick): 33.35 ms against 55.0 in the fourth run (1.65x); ours 32.9 in the fifth.
+#                       step stays eager) against the reference with batched Muon compiled without graphs.
 #                       `cudagraph_skips` in the JSON counts graphs Inductor compiled without a CUDA graph
-#     recipes_b2_graphs baseline-v1, engram-v1 and haar-v5 at B=2 with graphs in one process: the ratio targets, and
-#                       per-run step times for the four original runs (20.5 minutes of steps in the fifth run)
-#     fwdbwd_b2_graphs  forward+backward only at B=2 with CUDA graphs, ours against the reference (166k against 188k
-#                       tok/s in the fifth run; target 150k). Ours is train_b2's graph, so it warms there
+#     recipes_b2_graphs baseline-v1, engram-v1 and haar-v5 at B=2 with graphs in one process: the ratio targets and
+#                       the per-run step times of the four original runs
+#     fwdbwd_b2_graphs  forward+backward only at B=2 with CUDA graphs, ours against the reference. Ours is
+#                       train_b2's graph, so it warms there
 #   run      check_run_graphs.py: a real `nanotrain run engram-v1` at full scale, 120 steps with --compile
 #            --no-cuda-graphs and with --cuda-graphs from one seed, then the graphs run resumed for 20 steps; logged
-#            losses must agree (2%). Needs the dataset: name data/datasets/rust-default (16 MB) in the device tool's
-#            `carry`. Passed in the fifth run (36.1 ms against 74.0). ~5.5 minutes
-#   graphs   decode_engram (engram-v1 at batch 1, 974 tok/s in the fifth run), profile_b2 (profile_step.py at B=2,
-#            compiled, each phase started on an idle GPU: device time per phase next to the host's time to issue
-#            it), train_b2_nographs (B=2 compiled without graphs, ours against the reference)
+#            losses must agree (2%). Needs the default dataset in data/datasets/rust-default
+#   graphs   decode_engram (engram-v1 at batch 1), profile_b2 (profile_step.py at B=2, compiled, each phase started
+#            on an idle GPU: device time per phase next to the host's time to issue it), train_b2_nographs (B=2
+#            compiled without graphs, ours against the reference)
 #   extra    eager B=16 against the reference; the recipes at B=16 eager; profile_step.py at B=16 compiled
 #            (MHC_FORM=plain profiles that mHC form); train_b2_regional (bench_train.py --compile-regional: each
-#            block compiled on its own, which on the CPU built 3x faster at 9-15% more step time)
+#            block compiled on its own)
 #
-# JSON goes to $OUT when set (the device tool brings back at most 8 files), else benchmarks/results/; the log is
-# gpu_check_PART.log there. Every process has its own time limit, so one hang cannot eat the call; a failed step
-# is logged and the rest run. The limits are sized for a cold cache, in case the prewarm of a step failed.
+# The log is gpu_check_PART.log next to the JSON. Every process has its own time limit, so one hang cannot eat the
+# whole set; a failed step is logged and the rest run. The limits are sized for a cold cache, in case the prewarm
+# of a step failed. Each part is sized to fit in ten minutes on an H200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -56,8 +56,8 @@ class PhaseTimer:
     It also keeps the host's own time per phase (perf_counter around the call, no sync): on a GPU that is how long
     Python took to issue the phase's work, so a phase whose host time is close to its device time is host-bound
     (the device waited for the launches). Without `isolate` the host can also block inside a phase on a full
-    launch queue left by the previous one (the fourth H200 run: the reference's forward showed 22.6 ms of host time
-    for 11.7 ms of device time); with it each phase starts on an idle GPU. On the CPU the two are the same
+    launch queue left by the previous one (on an H200 the reference's forward at B=2 showed 22.6 ms of host time
+    for 11.7 ms of device time that way); with it each phase starts on an idle GPU. On the CPU the two are the same
     interval."""
 
     def __init__(self, device, isolate: bool = False):
@@ -104,9 +104,9 @@ def _medians(named_ms) -> dict[str, float]:
 
 
 def our_step(args, device):
+    import bench_train as bt
     import torch
 
-    import bench_train as bt
     from nanotrain.model.gpt import GPT
     from nanotrain.model.mhc import set_mhc_form
     from nanotrain.optim.groups import build_optimizers, clip_grad_norm_
@@ -145,10 +145,9 @@ def our_step(args, device):
 
 
 def reference_step(args, device):
-    import torch
-
     import bench_train as bt
     import reference
+    import torch
 
     mc, tc = bt.build_model_cfg(args.recipe, args.scale, args.set)
     cfg = reference.RefConfig.from_model_config(mc, label_smoothing=tc.label_smoothing)
@@ -217,9 +216,8 @@ def top_ops(step, args, device) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
     import bench_train as bt
+    import torch
 
     device = common.resolve_device(args.device)
     malloc_tuned = common.training_process_setup(device)

@@ -1,13 +1,13 @@
 """The yardstick: a plain Llama-style GPT and two plain optimiser set-ups, written to be read in one sitting.
 
 Every nanolab benchmark times our code against this module in the same process, at the same shapes and batch.
-The model has the shapes of nanotrain's models (seed-spec §1.2, §2.4-§2.6, §5.1): RMSNorm, half-split RoPE,
+The model has the shapes of nanotrain's models (docs/original-runs.md): RMSNorm, half-split RoPE,
 SDPA attention with grouped KV heads, SwiGLU, a tied embedding/head, label-smoothed cross-entropy, and optional
 MTP heads so that baseline-v1's extra FLOPs are matched. It has none of nanotrain's extras (mHC streams, Engram,
 wavefield, LoopLM), so a ratio against it prices exactly those extras plus any overhead in our code.
 
 Optimisers: `adamw` (fused on CUDA), and `BatchedMuon`: Muon for the hidden matrices with same-shape matrices
-stacked so Newton-Schulz (seed-spec §6.1 coefficients, 5 steps) runs as one bmm chain per shape, plus AdamW for the
+stacked so Newton-Schulz (the original's coefficients, 5 steps) runs as one bmm chain per shape, plus AdamW for the
 rest (embedding, norms, MTP heads).
 """
 
@@ -42,7 +42,7 @@ class RefConfig:
 
     @classmethod
     def from_model_config(cls, cfg, label_smoothing: float = 0.1) -> "RefConfig":
-        """Copy the shapes of a nanotrain ModelConfig; SwiGLU hidden rounded up as in seed-spec §1.2 (`ffn_dim()`)."""
+        """Copy the shapes of a nanotrain ModelConfig; SwiGLU hidden rounded up as nanotrain does (`ffn_dim()`)."""
         multiple = cfg.ffn_multiple_of
         hidden = math.ceil(math.floor(cfg.dim * cfg.ffn_mult) / multiple) * multiple
         return cls(vocab_size=cfg.vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
@@ -154,7 +154,8 @@ class RefGPT(nn.Module):
         return logits, [head(h) for head in self.mtp]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Label-smoothed CE on the next token + mtp_weight · Σ_i 0.5^i · CE(head i → token t+i+2) (seed-spec §5)."""
+        """Label-smoothed CE on the next token + mtp_weight · Σ_i 0.5^i · CE(head i → token t+i+2), as the
+        original's MTP runs (docs/original-runs.md)."""
         logits, mtp_logits = self(idx)
         V = self.cfg.vocab_size
         loss = F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1),
@@ -197,7 +198,7 @@ def adamw(params, lr: float = 6e-4, weight_decay: float = 0.1) -> torch.optim.Ad
 
 
 def newton_schulz(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately orthogonalise each matrix of a stack x [n, r, c] with the quintic iteration of seed-spec §6.1."""
+    """Approximately orthogonalise each matrix of a stack x [n, r, c] with Muon's quintic iteration."""
     a, b, c = NS_COEFFS
     tall = x.shape[-2] > x.shape[-1]
     if tall:

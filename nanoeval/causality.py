@@ -3,8 +3,8 @@
 Random token ids are run through the model twice, the second time with every token after a cut `t` replaced.
 In a causal model the logits at positions <= t are unchanged (compared in fp32). Forward hooks on every block
 find the first block whose output at <= t moves: the layer that reads the future. This catches the original's
-bidirectional wavefield Haar layers (seed-spec §3.4, fact E), which its own tests never exercised in training
-mode.
+bidirectional wavefield Haar layers (docs/original-runs.md, "Wavefield Haar attention"), which its own tests never
+exercised in training mode.
 """
 
 from __future__ import annotations

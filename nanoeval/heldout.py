@@ -1,8 +1,8 @@
 """Held-out loss on a dataset split: CE, bits per byte, perplexity and mean predictive entropy.
 
 `ce` is the pure next-token NLL in nats/token and `entropy` the mean Shannon entropy of the predicted
-distribution: the original logged the latter as "H" and called it CE (seed-spec §5.3, fact B); they are kept
-apart here. `bpb = ce / ln 2 / bytes_per_token(split)`, so models with different tokenizers compare.
+distribution: the original logged the latter as "H" and called it CE (docs/original-runs.md, "What was logged"); they
+are kept apart here. `bpb = ce / ln 2 / bytes_per_token(split)`, so models with different tokenizers compare.
 
 The loss is computed on the same causal path sampling uses: a causal model as is, a model with bidirectional
 layers with those layers bypassed. For such a model the train-mode (bidirectional) CE is measured too, and the

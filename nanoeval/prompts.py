@@ -1,7 +1,7 @@
 """Prompt sets for generation: the seed's 15, function signatures cut from held-out files, or a JSONL file.
 
-`seed`: the original's 15 coherence prompts (seed-spec §10.1). Its bash double quotes left "\\n" as a literal
-backslash-n; here they are real newlines, which is what the prompts mean.
+`seed`: the original's 15 coherence prompts (docs/original-runs.md, "Evaluation"). Its bash double quotes left "\\n" as
+a literal backslash-n; here they are real newlines, which is what the prompts mean.
 `completions`: signatures of `fn` items found with tree-sitter in the dataset's test split (files separated by
 `<eos>`), cut just after the opening `{` of the body, so the model writes the body. Deterministic.
 A file: one JSON object per line with a string "prompt" (blank lines are skipped).

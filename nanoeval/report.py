@@ -1,6 +1,6 @@
 """Score reports (JSON), their summary table, and side-by-side comparison of runs with bootstrap intervals.
 
-The score report's field names are a public interface (ARCHITECTURE.md "Score report"; pinned by
+The score report's field names are a public interface (docs/ARCHITECTURE.md, "Score report"; pinned by
 tests/integration/test_nanoeval_score.py):
 
 - `schema`, `created`, `nanoeval_version`, `wall_seconds`
@@ -30,47 +30,15 @@ on the completion alone (it measures the model's own repetition).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from nanotrain.errors import UserError
+from nanotrain.files import write_json, write_text  # noqa: F401 - the report writers of nanoeval's commands
 
 SCHEMA = "nanoeval.score/1"
 RATE_FIELDS = ("valid_rate", "bracket_balance", "distinct_3")
 _PER_SAMPLE = {"valid_rate": "valid", "bracket_balance": "bracket_balance", "distinct_3": "distinct_3"}
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """Write JSON atomically: a temporary sibling, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write text atomically (temporary sibling + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def score_samples(samples, metrics: str = "default", validator: str = "tree-sitter", rustc=None,

@@ -1,6 +1,7 @@
 """Score Rust text: tree-sitter validity (truncation-aware), error density, lexer-aware bracket balance, distinct-3.
 
-This replaces the seed's regex "coherence" heuristics (seed-spec §10.2, kept in `nanoeval.seed_metrics`).
+This replaces the seed's regex "coherence" heuristics (docs/original-runs.md, "Evaluation"; kept in
+`nanoeval.seed_metrics`).
 
 Validity ("rule B", environment.md §3): a sample that ended with EOS is valid iff it has no error. Errors are
 tree-sitter-rust's ERROR/MISSING nodes plus what the grammar tolerates and rustc's parser rejects, found on the

@@ -1,4 +1,5 @@
-"""The seed's heuristic "coherence" metrics (`scripts/score_coherence.py`), exactly as seed-spec §10.2 describes.
+"""The seed's heuristic "coherence" metrics (`scripts/score_coherence.py`), as docs/original-runs.md ("Evaluation")
+describes.
 
 Behind `--metrics seed`, to reproduce the seed's recorded scores; nanolab's own scoring is `nanoeval.rust`.
 Where §10.2 leaves an empty-input case open, the choice is noted on the function.

@@ -1,13 +1,13 @@
 """The session report: a markdown account of a `nanotrain session` in the spirit of the original training report
-(training-report.md), built only from what the session wrote.
+(docs/original-runs.md), built only from what the session wrote.
 
 Sources, per run of `<runs>/<session>/session.json`: `metrics.jsonl` (train/val rows), the checkpoint's
 `config.json` (architecture and schedule), and `score.json` (`nanoeval score`: causal-path held-out CE/bpb,
 tree-sitter valid rate, samples). Sections: executive summary table; per-run progression tables at the original's
-logged steps (seed-spec §11), mapped onto each run by the same fraction of its steps; throughput and wall time;
-sample generations; and findings computed from the numbers (non-causal models, resumed runs that regressed, the
-MTP loss inflation, the share of improvement made in the WSD decay, skipped steps). Nothing is hard-coded but the
-original's step grid.
+logged steps (docs/original-runs.md, "What was logged"), mapped onto each run by the same fraction of its steps;
+throughput and wall time; sample generations; and findings computed from the numbers (non-causal models, resumed runs
+that regressed, the MTP loss inflation, the share of improvement made in the WSD decay, skipped steps). Nothing is
+hard-coded but the original's step grid.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from nanotrain.errors import UserError
-from nanotrain.metrics import read_metrics
+from nanotrain.files import read_metrics
 
 STATE_FILE = "session.json"
 
-# The steps the original report logged for each run (seed-spec §11) and the span they cover: (first, last) steps
+# The steps the original report logged for each run (docs/original-runs.md) and the span they cover: (first, last) steps
 # of that run's schedule segment. A run here is shown at the same fractions of its own segment.
 ORIGINAL_STEPS: dict[str, tuple[int, int, tuple[int, ...]]] = {
     "haar-v5": (20000, 30000, (20050, 20250, 20500, 21000, 22000, 23000, 24000, 25000, 26000, 27000, 28000,
@@ -461,7 +461,8 @@ def build_report(folder: str | Path) -> str:
                   f"~{_f(tps, 0)} tok/s average" + (f"; last validation: CE {_f(r.val[-1].get('val_ce'))} at step "
                                                      f"{r.val[-1]['step']:,}" if r.val else "") + ".", ""]
     lines += ["Rows are the logged steps nearest to the original report's steps, taken at the same fraction of each "
-              "run's own segment (seed-spec §11). Loss: objective; CE: next-token NLL; Entropy: mean predictive "
+              "run's own segment (docs/original-runs.md). Loss: objective; CE: next-token NLL; Entropy: mean "
+              "predictive "
               "entropy (the original's \"H\"; estimated on every 4th sequence of each batch); LR: Muon LR of the "
               "next update; gnorm: pre-clip gradient norm.", "",
               "## Sample generations", ""]

@@ -1,6 +1,6 @@
 """Checkpoint folders: save atomically, validate, load, find the newest complete one.
 
-A checkpoint is a folder (`runs/<run>/step_<N>/` or `runs/<run>/final/`, ARCHITECTURE.md "Checkpoint folder"):
+A checkpoint is a folder (`runs/<run>/step_<N>/` or `runs/<run>/final/`, docs/ARCHITECTURE.md "Checkpoint folder"):
 `model.safetensors` (fp32 weights), `config.json` (format version, recipe, scale, model and train configs, step,
 creation time, torch version), `tokenizer.json` (copied from the dataset), `trainer_state.pt` (optimizer state,
 RNG states, data position, schedule and NaN-guard state; only what resuming needs), `metrics.json`, and
@@ -9,9 +9,9 @@ Loading checks the manifest (`verify_manifest`), so a flipped bit, a swapped tok
 is refused with the name of the file instead of evaluating or training on wrong bytes. Checkpoints written
 before the manifest existed have none and load unverified, silently: their files are still checked for shape,
 length and finite weights as before.
-Where the original (seed-spec §9) wrote files in place and kept a positional optimizer dump, every write here goes
-to a temporary sibling folder that is fsync'd and renamed into place, so a crash never leaves a half-written
-checkpoint under a real name.
+Where the original (docs/original-runs.md) wrote files in place and kept a positional optimizer dump, every
+write here goes to a temporary sibling folder that is fsync'd and renamed into place, so a crash never leaves a
+half-written checkpoint under a real name.
 """
 
 from __future__ import annotations
@@ -354,7 +354,8 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign pickles
-        raise UserError(f"{path}: unreadable trainer state ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        first_line = str(e).splitlines()[0][:120]
+        raise UserError(f"{path}: unreadable trainer state ({type(e).__name__}: {first_line})") from None
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:

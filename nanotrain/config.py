@@ -1,6 +1,6 @@
 """Configuration dataclasses shared by nanotrain and nanoeval.
 
-`ModelConfig` describes the network (seed-spec §1.2), `TrainConfig` the optimisation (§6, §7).
+`ModelConfig` describes the network and `TrainConfig` the optimisation (docs/original-runs.md).
 Both round-trip through plain JSON dicts so checkpoints stay readable and diffable.
 """
 

@@ -1,4 +1,4 @@
-"""Process-group glue for `torchrun --nproc_per_node N -m nanotrain run ...` (ARCHITECTURE.md: session.py/dist.py).
+"""Process-group glue for `torchrun --nproc_per_node N -m nanotrain run ...` (docs/ARCHITECTURE.md).
 
 One run across W processes: gloo on CPU, NCCL on GPU. Rank r reads rows r·B:(r+1)·B of every global batch
 (`WindowLoader(rank, world_size)`), DDP averages gradients so every rank runs the same optimizer step (Muon's

@@ -1,13 +1,12 @@
 """A run's metrics.jsonl (one JSON object per line, the record of training) and what is made from it.
 
 The trainer appends a `{"kind": "train", "step": ...}` row per log interval and a `{"kind": "val", ...}` row per
-validation. `read_metrics` is the one reader. `TensorBoardLog` mirrors the rows into TensorBoard event files beside
-metrics.jsonl (`nanotrain run --logger tensorboard`); metrics.jsonl stays the source of truth.
+validation; `nanotrain.files.read_metrics` is the one reader. `TensorBoardLog` mirrors the rows into TensorBoard
+event files beside metrics.jsonl (`nanotrain run --logger tensorboard`); metrics.jsonl stays the source of truth.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,30 +16,6 @@ from nanotrain.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 # Row fields that are bookkeeping, not metrics: never sent to TensorBoard.
 NOT_METRICS = frozenset({"kind", "step", "time"})
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """Train and val rows of a metrics.jsonl, sorted by step. A train row for step s drops every earlier row at
-    step >= s: after a crash, the run resumed from an older checkpoint and those rows belong to a lost timeline."""
-    train: list[dict] = []
-    val: list[dict] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return [], []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            continue
-        if row.get("kind") == "train":
-            train = [r for r in train if r["step"] < row["step"]] + [row]
-            val = [r for r in val if r["step"] < row["step"]]
-        elif row.get("kind") == "val":
-            val = [r for r in val if r["step"] != row["step"]] + [row]
-    return train, sorted(val, key=lambda r: r["step"])
 
 
 def summary_writer_class() -> type:

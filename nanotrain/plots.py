@@ -1,5 +1,5 @@
 """Figures of `nanotrain schedule --plot` and `nanotrain plot`: matplotlib (the `plot` extra) on the Agg backend,
-imported only when a figure is asked for, and written to a temporary file that is renamed into place."""
+imported only when a figure is asked for, and written atomically."""
 
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ def pyplot(flag: str) -> Any:
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Write `fig` to `path` (format from its suffix) through a temporary file, and close it."""
+    """Write `fig` to `path` (format from its suffix) atomically (`nanotrain.files.atomic_write`), and close it."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    from nanotrain.files import atomic_write
+
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
-        tmp.replace(path)
+        fig.savefig(buffer, format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, buffer.getvalue())

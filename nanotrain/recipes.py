@@ -1,8 +1,8 @@
-"""Named recipes: the seed's four runs (seed-spec §1) plus ablations, each at three scales.
+"""Named recipes: the original four runs (docs/original-runs.md) plus ablations, each at three scales.
 
 A recipe is an architecture (ModelConfig fields on top of the scale's shape) plus schedule tweaks. Scales keep
 the architecture and shrink the shape:
-- full:  seed-spec §1.2 (dim 1024, 20 layers, 16/4 heads, ffn 3072, vocab 4096, max_seq_len 1024), B=2, T=1024.
+- full:  the original shapes (dim 1024, 20 layers, 16/4 heads, ffn 3072, vocab 4096, max_seq_len 1024), B=2, T=1024.
 - small: ~30M params (dim 512, 10 layers), for a short GPU or long CPU run.
 - tiny:  ~6M params (dim 256, 6 layers), trains meaningfully on 2 CPU cores in about 10 minutes.
 Engram tables/widths and the wavefield field shrink with the scale (`SCALE_MODEL`). All optimisation settings of
@@ -37,12 +37,12 @@ SCALE_TRAIN: dict[str, dict[str, Any]] = {
                  log_every=50, eval_every=500, eval_batches=20, ckpt_every=2000, dtype="bf16"),
     "small": dict(batch_size=8, seq_len=512, total_steps=4000, warmup_steps=400, lr=0.012, lion_lr=1e-4,
                   log_every=25, eval_every=250, eval_batches=10, ckpt_every=1000, dtype="bf16"),
-    # tiny (tuned for the ~10-minute CPU quickstart): 4096 tokens/step so Muon's Newton-Schulz cost is spread
-    # over more tokens; 600 steps = 2.46M tokens (measured on an idle 2-core machine with --compile and 2 threads:
-    # ~4.9k tok/s; 500 steps reached 1.338 val bits/byte, so the run was lengthened to 600). A 256-wide model trained for a few
-    # hundred steps needs larger steps than the seed's 275M/10k-step values: on rust-default, after 40 steps of
-    # B=8, CE was 7.44 with (0.012, 1e-4), 6.68 with (0.03, 3e-4), 6.18 with (0.03, 1e-3), 6.22 with (0.06, 1e-3).
-    # eval_batches 8 x 16 x 256 tokens covers the default dataset's whole val split (35k tokens).
+    # tiny (tuned for the CPU quickstart): 4096 tokens/step so Muon's Newton-Schulz cost is spread over more
+    # tokens; 600 steps = 2.46M tokens (on an idle 2-core Intel Xeon VM with --compile and 2 threads: ~4.9k tok/s;
+    # 500 steps reached 1.338 val bits/byte, so the run was lengthened to 600). A 256-wide model trained for a few
+    # hundred steps needs larger steps than the full scale's 275M/10k-step values: on rust-default, after 40 steps
+    # of B=8, CE was 7.44 with (0.012, 1e-4), 6.68 with (0.03, 3e-4), 6.18 with (0.03, 1e-3) and 6.22 with
+    # (0.06, 1e-3). eval_batches 8 x 16 x 256 tokens covers the default dataset's whole val split (35k tokens).
     "tiny": dict(batch_size=16, seq_len=256, total_steps=600, warmup_steps=30, lr=0.03, lion_lr=1e-3,
                  log_every=10, eval_every=100, eval_batches=8, ckpt_every=100, dtype="bf16"),
 }
@@ -83,7 +83,7 @@ def _loop_count(shape: dict[str, Any]) -> int:
 
 
 _RECIPES = [
-    Recipe("baseline", "plain GPT with mHC-lite: no MTP, no Engram, no wavefield (the seed-spec §1.2 245M model)"),
+    Recipe("baseline", "plain GPT with mHC-lite: no MTP, no Engram, no wavefield (the original's 245M shape)"),
     Recipe("baseline-v1", "the seed's baseline-v1: baseline + 3 MTP heads (t+2..t+4, weight 0.2), warmup 2000",
            model=dict(mtp_heads=3), warmup_mult=2000 / 1500),
     Recipe("haar-v5", "the seed's haar-v5: wavefield Haar on every other layer, bidirectional (NOT causal), "

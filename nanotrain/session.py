@@ -1,8 +1,10 @@
 """Training sessions: several `nanotrain run`s scheduled over the available GPUs (or the CPU), resumable.
 
 A session file (TOML) lists runs: a name, a recipe, optional `depends_on` / `resume_from` (another run of the
-session), an optional `gpu` preference and optional overrides of `nanotrain run` flags. `sessions/seed.toml`
-encodes the original session (training-report.md, seed-spec §1.1 and §13.1): round 1 haar-v5 on GPU 0 and
+session), an optional `gpu` preference and values for `nanotrain run`'s flags (`total_steps = 500` for
+`--total-steps 500`); a [score] table holds values for `nanoeval score`'s flags. Both are read from the
+commands' own parsers and checked by the commands' own checks, so a mistake is found before anything trains.
+`sessions/seed.toml` encodes the original session (docs/original-runs.md): round 1 haar-v5 on GPU 0 and
 engram-v1 on GPU 1, round 2 baseline-v1 on GPU 0 and engram-v2 (continuing engram-v1's final) on GPU 1.
 
 The plan places runs into rounds: a round gives each device at most one run whose dependencies all ran in earlier
@@ -16,6 +18,9 @@ interrupted ones resume from their newest checkpoint (`--resume auto`). Finished
 
 from __future__ import annotations
 
+import argparse
+import functools
+import importlib
 import json
 import os
 import re
@@ -28,32 +33,20 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nanotrain.errors import UserError
+from nanotrain.files import read_metrics, write_json
 
 STATE_FILE = "session.json"
 STATE_SCHEMA = "nanotrain.session/1"
-SCALE_CHOICES = ("auto", "full", "small", "tiny")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# Session-file overrides of a run: key -> (`nanotrain run` flag, type, smallest allowed value or allowed values).
-OVERRIDES: dict[str, tuple[str, type, Any]] = {
-    "steps": ("--steps", int, 1),
-    "total_steps": ("--total-steps", int, 1),
-    "batch_size": ("--batch-size", int, 1),
-    "seq_len": ("--seq-len", int, 1),
-    "seed": ("--seed", int, 0),
-    "log_every": ("--log-every", int, 1),
-    "eval_every": ("--eval-every", int, 0),
-    "ckpt_every": ("--ckpt-every", int, 0),
-    "rewarm_steps": ("--rewarm-steps", int, 1),
-    "threads": ("--threads", int, 1),
-    "time_budget": ("--time-budget", float, 0.0),
-    "dtype": ("--dtype", str, ("bf16", "fp32")),
-    "resume_lr": ("--resume-lr", str, ("rewarm", "jump")),
-}
-RUN_KEYS = {"name", "recipe", "depends_on", "resume_from", "gpu", *OVERRIDES}
+# The flags a session sets itself; each other valued flag of `nanotrain run` / `nanoeval score` is a key of a
+# [[run]] table / the [score] table, with the flag's type and choices, checked by the command's own checks.
+SESSION_RUN_FLAGS = {"recipe", "scale", "data", "out", "name", "device", "resume"}
+SESSION_SCORE_FLAGS = {"ckpt", "out", "data", "device", "inference_mode"}
+RUN_KEYS_FIXED = {"name", "recipe", "depends_on", "resume_from", "gpu"}
 SESSION_KEYS = {"name", "description"}
 TOP_KEYS = {"session", "run", "score"}
 
@@ -66,15 +59,59 @@ SCORE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": dict(prompts="seed", samples_per_prompt=2, max_new_tokens=256, heldout_tokens=131072, temperature=0.7,
                  seed=0),
 }
-SCORE_KEYS: dict[str, tuple[type, Any]] = {
-    "enabled": (bool, None),
-    "prompts": (str, None),
-    "samples_per_prompt": (int, 1),
-    "max_new_tokens": (int, 1),
-    "heldout_tokens": (int, 0),
-    "temperature": (float, 0.0),
-    "seed": (int, 0),
-}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A valued flag of a command, as its parser declares it."""
+
+    option: str  # e.g. "--total-steps"
+    kind: type  # int, float or str
+    choices: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's parser, read once: its valued flags and its own check of their values."""
+
+    parser: argparse.ArgumentParser
+    flags: dict[str, Flag]
+    check: Callable[[argparse.Namespace], Any]
+    required: tuple[str, ...]  # argv that satisfies the parser's required arguments
+
+    def check_values(self, values: dict[str, Any]) -> None:
+        """Run the command's own checks on its defaults updated by `values` (UserError from the command)."""
+        args = self.parser.parse_args(list(self.required))
+        for key, value in values.items():
+            setattr(args, key, value)
+        self.check(args)
+
+
+def _command(module: str, name: str, skip: set[str], check: str, required: tuple[str, ...]) -> Command:
+    """Read the parser `module.register` builds for sub-command `name`: every plain valued option not in `skip`."""
+    mod = importlib.import_module(module)
+    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
+    mod.register(sub)
+    parser = sub.choices[name]
+    flags = {}
+    for action in parser._actions:
+        if type(action) is not argparse._StoreAction or not action.option_strings or action.dest in skip:
+            continue
+        kind = action.type if action.type in (int, float) else str
+        flags[action.dest] = Flag(action.option_strings[-1], kind, tuple(action.choices) if action.choices else None)
+    return Command(parser, flags, getattr(mod, check), required)
+
+
+@functools.cache
+def run_cli() -> Command:
+    """`nanotrain run`: the per-run overrides of a session file."""
+    return _command("nanotrain.commands.run", "run", SESSION_RUN_FLAGS, "check_numbers", ("recipe",))
+
+
+@functools.cache
+def score_cli() -> Command:
+    """`nanoeval score`: the [score] table. The session launches that command, so it reads its parser too."""
+    return _command("nanoeval.commands.score", "score", SESSION_SCORE_FLAGS, "check_args", ("--ckpt", "ckpt"))
 
 
 # ---------------------------------------------------------------------------------------------- the session file
@@ -110,7 +147,7 @@ class Session:
         return next(r for r in self.runs if r.name == name)
 
 
-def _check_type(where: str, key: str, value: Any, kind: type, limit: Any) -> Any:
+def _check_type(where: str, key: str, value: Any, kind: type, choices: tuple[Any, ...] | None = None) -> Any:
     """`value` as `kind` (ints accepted for floats, bools never for numbers); UserError naming `where` and `key`."""
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -118,13 +155,22 @@ def _check_type(where: str, key: str, value: Any, kind: type, limit: Any) -> Any
     if not ok:
         what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
         raise UserError(f"{where}: key '{key}' must be {what}, got {value!r}")
-    if isinstance(limit, tuple) and value not in limit:
-        raise UserError(f"{where}: key '{key}' = {value!r}; expected one of {', '.join(limit)}")
-    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and value < limit:
-        raise UserError(f"{where}: key '{key}' = {value!r}; must be at least {limit}")
-    if kind is float and key == "time_budget" and value <= 0:
-        raise UserError(f"{where}: key '{key}' = {value!r}; must be positive")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where}: key '{key}' = {value!r}; expected one of {', '.join(map(str, choices))}")
     return value
+
+
+def _check_flags(where: str, table: dict[str, Any], command: Command) -> dict[str, Any]:
+    """The table's keys as the command's flag values: type and choices from its parser, numbers by its checks."""
+    values = {}
+    for key, value in table.items():
+        flag = command.flags[key]
+        values[key] = _check_type(where, key, value, flag.kind, flag.choices)
+        try:
+            command.check_values({key: values[key]})
+        except UserError as e:
+            raise UserError(f"{where}: key '{key}' = {value!r}; {e}") from None
+    return values
 
 
 def _names(where: str, key: str, value: Any) -> tuple[str, ...]:
@@ -140,9 +186,10 @@ def _parse_run(path: Path, index: int, table: Any) -> RunSpec:
         raise UserError(f"{path}: [[run]] #{index} must be a table")
     label = f"run '{table['name']}'" if isinstance(table.get("name"), str) else f"[[run]] #{index}"
     where = f"{path}: {label}"
-    unknown = sorted(set(table) - RUN_KEYS)
+    valid = RUN_KEYS_FIXED | set(run_cli().flags)
+    unknown = sorted(set(table) - valid)
     if unknown:
-        raise UserError(f"{where}: unknown key '{unknown[0]}' (valid keys: {', '.join(sorted(RUN_KEYS))})")
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (valid keys: {', '.join(sorted(valid))})")
     for key in ("name", "recipe"):
         if key not in table:
             raise UserError(f"{where}: missing key '{key}'")
@@ -160,11 +207,10 @@ def _parse_run(path: Path, index: int, table: Any) -> RunSpec:
         raise UserError(f"{where}: key 'resume_from' must be a run name, got {resume_from!r}")
     gpu = table.get("gpu")
     if gpu is not None:
-        gpu = _check_type(where, "gpu", gpu, int, 0)
-    overrides = {}
-    for key, (_flag, kind, limit) in OVERRIDES.items():
-        if key in table:
-            overrides[key] = _check_type(where, key, table[key], kind, limit)
+        gpu = _check_type(where, "gpu", gpu, int)
+        if gpu < 0:
+            raise UserError(f"{where}: key 'gpu' = {gpu}; must be at least 0")
+    overrides = _check_flags(where, {k: v for k, v in table.items() if k not in RUN_KEYS_FIXED}, run_cli())
     return RunSpec(name=table["name"], recipe=table["recipe"],
                    depends_on=_names(where, "depends_on", table.get("depends_on", [])),
                    resume_from=resume_from, gpu=gpu, overrides=overrides)
@@ -173,10 +219,13 @@ def _parse_run(path: Path, index: int, table: Any) -> RunSpec:
 def _parse_score(path: Path, table: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise UserError(f"{path}: [score] must be a table")
-    unknown = sorted(set(table) - set(SCORE_KEYS))
+    valid = {"enabled", *score_cli().flags}
+    unknown = sorted(set(table) - valid)
     if unknown:
-        raise UserError(f"{path}: [score]: unknown key '{unknown[0]}' (valid keys: {', '.join(sorted(SCORE_KEYS))})")
-    return {k: _check_type(f"{path}: [score]", k, v, *SCORE_KEYS[k]) for k, v in table.items()}
+        raise UserError(f"{path}: [score]: unknown key '{unknown[0]}' (valid keys: {', '.join(sorted(valid))})")
+    settings = {k: _check_type(f"{path}: [score]", k, v, bool) for k, v in table.items() if k == "enabled"}
+    return settings | _check_flags(f"{path}: [score]", {k: v for k, v in table.items() if k != "enabled"},
+                                   score_cli())
 
 
 def load_session(path: str | Path, default_threads: int | None = None) -> Session:
@@ -348,8 +397,10 @@ def resolve_slots(gpus: str | None, dry_run: bool) -> tuple[list[Slot], bool]:
 
 def resolve_scale(scale: str, slots: list[Slot]) -> str:
     """`auto` is full on GPUs and tiny on the CPU, as for `nanotrain run`."""
-    if scale not in SCALE_CHOICES:
-        raise UserError(f"--scale {scale}: expected one of {', '.join(SCALE_CHOICES)}")
+    from nanotrain.recipes import SCALES
+
+    if scale not in ("auto", *SCALES):
+        raise UserError(f"--scale {scale}: expected one of auto, {', '.join(SCALES)}")
     if scale != "auto":
         return scale
     return "tiny" if slots == [Slot(None)] else "full"
@@ -446,7 +497,7 @@ def train_command(plan: Plan, p: Placement, runs_dir: Path, data: Path | None, l
     else:
         cmd += ["--resume", str(out / p.run.resume_from / "final")]
     for key, value in p.run.overrides.items():
-        cmd += [OVERRIDES[key][0], str(value)]
+        cmd += [run_cli().flags[key].option, str(value)]
     return cmd
 
 
@@ -461,10 +512,11 @@ def score_command(plan: Plan, run: RunSpec, slot: Slot, runs_dir: Path, data: Pa
     run_dir = session_dir(plan, runs_dir) / run.name
     s = score_settings(plan)
     cmd = [*launcher.nanoeval, "score", "--ckpt", str(run_dir / "final"), "--out", str(run_dir / "score.json"),
-           "--inference-mode", "bypass", "--device", "cpu" if slot.gpu is None else "cuda",
-           "--prompts", s["prompts"], "--samples-per-prompt", str(s["samples_per_prompt"]),
-           "--max-new-tokens", str(s["max_new_tokens"]), "--heldout-tokens", str(s["heldout_tokens"]),
-           "--temperature", str(s["temperature"]), "--seed", str(s["seed"])]
+           "--inference-mode", "bypass", "--device", "cpu" if slot.gpu is None else "cuda"]
+    flags = score_cli().flags
+    for key, value in s.items():
+        if key != "enabled":
+            cmd += [flags[key].option, str(value)]
     if data is not None:
         cmd += ["--data", str(data)]
     return cmd
@@ -543,13 +595,6 @@ def format_plan(plan: Plan, runs_dir: Path, data: Path | None = None, launcher: 
 
 
 # ---------------------------------------------------------------------------------------------- state file
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write: a temporary sibling renamed over the target."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_state(folder: Path) -> dict[str, Any]:
     """A session folder's session.json, or {} if there is none yet; UserError if it is unreadable."""
     path = folder / STATE_FILE
@@ -607,7 +652,7 @@ class State:
     def save(self) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(self.path, self.data)
+        write_json(self.path, self.data)
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -638,19 +683,8 @@ class SessionResult:
 
 def _last_step(run_dir: Path) -> int:
     """The step of the newest train row in metrics.jsonl (0 when none)."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("kind") == "train":
-            return int(row.get("step", 0))
-    return 0
+    train, _ = read_metrics(run_dir / "metrics.jsonl")
+    return train[-1]["step"] if train else 0
 
 
 def _tail(path: Path, n: int = 3) -> str:

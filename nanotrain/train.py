@@ -1,7 +1,7 @@
 """The trainer: compose model, data, optimizers, schedule and checkpoints into one resumable loop.
 
-Implements seed-spec §5.2/§5.3 (objective and what is logged), §6.3 (step order, clipping), §6.6 (NaN handling),
-§7 (WSD schedule) and §9 (checkpoints), with the fixes ARCHITECTURE.md lists: the LR is set *before* each update
+Implements the original runs' objective, step order, clipping, NaN handling, schedule and checkpoints
+(docs/original-runs.md), with the fixes listed there: the LR is set *before* each update
 from the step index (warmup from 0), `ce` (true next-token NLL), `entropy` (the seed's "H") and `loss` (the
 objective) are logged separately, a resume restores everything needed to continue bit-for-bit (the batch is a
 pure function of the step), and extending a converged run re-warms the LR instead of jumping.
@@ -35,13 +35,13 @@ from nanotrain.config import ModelConfig, TrainConfig
 from nanotrain.data.loader import WindowLoader, sequential_batches
 from nanotrain.dist import DistInfo, all_reduce_, barrier, wrap_model
 from nanotrain.errors import UserError
+from nanotrain.files import atomic_write
+from nanotrain.mfu import flops_per_token, matmul_params, peak_bf16_flops
+from nanotrain.mfu import mfu as model_flops_utilisation
 from nanotrain.model.gpt import GPT
 from nanotrain.model.mtp import mtp_loss
 from nanotrain.optim.groups import build_optimizers, clip_grad_norm_, zero_wavefield_physics_grads
 from nanotrain.optim.schedule import lr_multiplier
-
-# Dense bf16 peak FLOP/s of the GPUs we know; MFU is reported only for these (else null).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12}
 
 
 class TrainingDiverged(UserError):
@@ -51,7 +51,7 @@ class TrainingDiverged(UserError):
 @dataclass
 class NanGuard:
     """Non-finite steps are skipped; `patience` in a row roll back to the last checkpoint with the LR scaled by
-    `lr_factor` for `cooldown` steps; after `max_rollbacks` rollbacks the run aborts (seed-spec §6.6)."""
+    `lr_factor` for `cooldown` steps; after `max_rollbacks` rollbacks the run aborts."""
 
     patience: int = 3
     max_rollbacks: int = 3
@@ -94,7 +94,7 @@ ENTROPY_ROW_STRIDE = 4  # the training entropy metric reads rows 0, 4, 8, ... of
 
 def objective(out: Any, y: torch.Tensor, cfg_label_smoothing: float, mtp_weight: float
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Label-smoothed CE on the main head + mtp_weight·Σ w_i·CE_i of the MTP heads (seed-spec §5.2).
+    """Label-smoothed CE on the main head + mtp_weight·Σ w_i·CE_i of the MTP heads (docs/original-runs.md).
 
     Head i at position t predicts token t+i+2 (`nanotrain.model.mtp.mtp_loss`: weights [1, 0.5, 0.25], no label
     smoothing, positions past the end dropped). Returns (loss, parts); parts holds detached `ce` (pure next-token
@@ -169,23 +169,6 @@ class _CompileFallback:
         return out
 
 
-def matmul_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in a matmul per token: 2-D+ weights except lookup tables (Engram), with the
-    tied embedding counted once as the output head."""
-    n = 0
-    for name, p in model.named_parameters():
-        if p.ndim < 2 or ".engram.tables." in name or ".engram.table." in name:
-            continue
-        n += p.numel()
-    return n
-
-
-def flops_per_token(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> float:
-    """6·N_matmul + 12·L·H·hd·T: forward+backward matmul FLOPs per trained token (PaLM appendix B style)."""
-    hd = cfg.dim // cfg.n_heads
-    return 6.0 * matmul_params(model) + 12.0 * cfg.n_layers * cfg.n_heads * hd * seq_len
-
-
 def step_memory_bytes(n_params: int, cfg: ModelConfig, local_batch: int, seq_len: int, bf16: bool) -> int:
     """A lower bound on the memory one training step of one process needs, in bytes.
 
@@ -224,16 +207,6 @@ def available_memory(device: torch.device) -> tuple[int, str] | None:
     return avail, "available RAM"
 
 
-def gpu_peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in GPU_PEAK_FLOPS.items():
-        if key in name:
-            return peak
-    return None
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -251,7 +224,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
     random.setstate(s["python"])
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
 class Trainer:
@@ -336,8 +310,10 @@ class Trainer:
         self.last_train: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
-        self.flops_per_token = flops_per_token(self.model, model_cfg, train_cfg.seq_len)
-        self.peak_flops = gpu_peak_flops(self.device)
+        self.flops_per_token = flops_per_token(matmul_params(self.model), model_cfg.n_layers, model_cfg.n_heads,
+                                               model_cfg.dim // model_cfg.n_heads, train_cfg.seq_len)
+        self.peak_flops = (peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda"
+                           else None)
         self._stop_requested = False
         self._stop_signal: int | None = None
         self._saving = False
@@ -464,9 +440,7 @@ class Trainer:
         lines = path.read_text().splitlines()
         keep = [line for line in lines if step_of(line) <= self.step]
         if len(keep) != len(lines):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(path)
+            atomic_write(path, "".join(line + "\n" for line in keep))
 
     def _rollback(self) -> None:
         """Reload the newest complete checkpoint of this run and scale the LR down for a while."""
@@ -584,8 +558,8 @@ class Trainer:
         mean = (lambda i: a[i] / a[5]) if a[5] > 0 else (lambda i: float("nan"))
         tokens = n_steps * self.train_cfg.batch_size * self.train_cfg.seq_len
         tok_per_s = tokens / seconds if seconds > 0 else float("nan")
-        mfu = (self.flops_per_token * tok_per_s / (self.peak_flops * self.dist.world_size)
-               if self.peak_flops else None)
+        mfu = model_flops_utilisation(tok_per_s, self.flops_per_token,
+                                      self.peak_flops and self.peak_flops * self.dist.world_size)
         row = {
             "kind": "train", "step": self.step, "loss": mean(0), "ce": mean(1), "entropy": mean(2),
             "mtp": mean(3) if self.model_cfg.mtp_heads else None, "lr": self.train_cfg.lr * self.lr_mult(self.step - 1),

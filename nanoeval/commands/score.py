@@ -64,6 +64,19 @@ def resolve_dataset(data: Path | None, loaded, needed: bool):
     return dataset
 
 
+def check_args(args):
+    """The sampling configuration of the flags, after checking the numbers (`nanotrain session` runs this on a
+    session file's [score] table before it trains anything)."""
+    from nanotrain.errors import UserError
+
+    config = sampling_config(args)
+    if args.samples_per_prompt < 1:
+        raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
+    if args.heldout_tokens < 0:
+        raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
+    return config
+
+
 def _run(args) -> int:
     import time
 
@@ -76,16 +89,11 @@ def _run(args) -> int:
     from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
     from nanoeval.rustc import find_rustc
     from nanotrain.dist import resolve_device
-    from nanotrain.errors import UserError
 
     t0 = time.perf_counter()
-    config = sampling_config(args)
+    config = check_args(args)
     args.device = str(resolve_device(args.device))
     rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" or args.compile_check else None
-    if args.samples_per_prompt < 1:
-        raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
-    if args.heldout_tokens < 0:
-        raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
     loaded = load(args.ckpt, device=args.device, dtype=torch.float32, verify=args.verify)
     engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size)
     need_data = args.heldout_tokens > 0 or args.prompts == "completions"

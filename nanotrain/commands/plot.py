@@ -48,7 +48,8 @@ def load_curves(run_dir: Path, label: str, need_tokens: bool) -> Curves:
     """The metrics of `run_dir`; UserError when it has no metrics.jsonl rows (or, with `need_tokens`, no
     checkpoint config to turn steps into tokens)."""
     from nanotrain import checkpoint as ckpt
-    from nanotrain.metrics import METRICS_FILE, read_metrics
+    from nanotrain.files import read_metrics
+    from nanotrain.metrics import METRICS_FILE
 
     path = run_dir / METRICS_FILE
     if not run_dir.is_dir():

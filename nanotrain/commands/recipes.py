@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 EPILOG = """examples:
-  nanotrain recipes                 # the full-scale (seed-spec) models
+  nanotrain recipes                 # the full-scale models (the original shapes)
   nanotrain recipes --scale tiny    # what `nanotrain run` trains on a CPU
   nanotrain recipes --json          # machine-readable
 """
@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
                     "the model on PyTorch's meta device, so no memory is allocated.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=["full", "small", "tiny"], default="full",
-                   help="model size to count (default: full, the seed-spec §1.2 shape)")
+                   help="model size to count (default: full, the original runs' shape)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=handle)
 

@@ -58,15 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p, default="auto")
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (default: auto = on for invocations of at least "
-                        f"{AUTO_COMPILE_MIN_STEPS} steps, where it pays for its 1-1.5 minutes of compiling)")
+                        f"{AUTO_COMPILE_MIN_STEPS} steps, enough to pay back the time compiling takes)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     p.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, default=None,
                    help="compile with CUDA graphs (torch.compile mode reduce-overhead): each step replays "
                         "recorded kernels instead of launching them one by one. Default: auto = on for a "
                         f"compiled run at batch <= {GRAPHS_AUTO_MAX_BATCH} in one CUDA process (the recipes' "
-                        "B=2 step is host-bound without it). On an H200, full-scale engram-v1 in a whole run: "
-                        "36 ms per step with graphs, 74 ms without, same losses. Given explicitly it implies "
-                        "--compile and needs one CUDA process")
+                        "B=2 step is host-bound without it; benchmarks/README.md has the measured step times). "
+                        "Given explicitly it implies --compile and needs one CUDA process")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False,
                    help="never record CUDA graphs (plain --compile)")
     p.add_argument("--resume", metavar="PATH|auto",
@@ -84,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop (and checkpoint) after this many minutes of training")
     p.add_argument("--threads", type=int,
-                   help="CPU threads per process (default: torch's choice); 1 is faster when other jobs share the cores")
+                   help="CPU threads per process (default: torch's choice); 1 is faster when other jobs share the "
+                        "cores")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--logger", choices=["jsonl", "tensorboard"], default="jsonl",
                    help="where metrics go besides metrics.jsonl, which is always written: nowhere (jsonl, default) "
@@ -106,7 +106,8 @@ def handler(args: argparse.Namespace) -> int:
         shutdown(info)
 
 
-def _positive(args: argparse.Namespace) -> None:
+def check_numbers(args: argparse.Namespace) -> None:
+    """UserError for a numeric flag out of range (`nanotrain session` checks a session file's overrides here too)."""
     for flag in ("steps", "total_steps", "batch_size", "seq_len", "rewarm_steps", "log_every", "time_budget",
                  "threads"):
         v = getattr(args, flag)
@@ -186,12 +187,8 @@ def _apply_overrides(args: argparse.Namespace, train_cfg: Any) -> None:
 def _auto_compile(args: argparse.Namespace, train_cfg: Any, device_type: str, start_step: int) -> str | None:
     """Turn compile on for long runs when neither --compile nor --no-compile was given; say why, or None.
 
-    Measured on the 2-core CPU (tiny engram-v1, idle): compiled 4.4-5.0k tok/s against ~3.0k eager, after about
-    a minute of compiling, so it pays from ~200 steps. On an H200 (torch 2.11, full-scale baseline-v1, after the
-    mHC matrix-product rewrite): compiled, 71.6 ms per step at the recipes' B=2 and 207 ms at B=16, after ~85 s
-    of compiling; eager steps measured before the rewrite took 92-116 ms and 205 ms (the eager step still runs
-    the rewrite's slow cuBLAS products). Before the rewrite the compiled GPU step was 3x slower, and auto-compile
-    was CPU-only.
+    Compiling takes a minute or two and makes each step faster on a CPU and on a GPU alike, so it pays back
+    within a few hundred steps (the measured step times, compiled and eager, are in benchmarks/README.md).
     """
     if args.compile is not None or train_cfg.compile:
         return None
@@ -212,11 +209,9 @@ def _auto_cuda_graphs(args: argparse.Namespace, train_cfg: Any, device_type: str
     """Whether to record CUDA graphs, and a line saying why when the default (neither flag) turned them on.
 
     Auto = on for a compiled run in one CUDA process at batch <= GRAPHS_AUTO_MAX_BATCH, where the compiled step
-    waits on the host. Measured on an H200 (torch 2.11, full scale, B=2, benchmarks/README.md fifth run): a whole
-    `nanotrain run engram-v1` of 120 steps took 36.1 ms per step with graphs and 74.0 ms without, logged losses
-    within 1.6e-5 (relative) of each other, and the graphs run resumed from its checkpoint
-    (benchmarks/check_run_graphs.py). The bare baseline-v1 step: 32.9 ms with graphs (fifth run), 68.9 ms without
-    (fourth run). Larger batches keep the GPU busy and are not timed with graphs, so they stay plain."""
+    waits on the host. A whole run with graphs logs the same losses as one without (bf16 noise) and resumes from
+    its checkpoints (benchmarks/check_run_graphs.py checks both; the step times are in benchmarks/README.md).
+    Larger batches keep the GPU busy and have not been timed with graphs, so they stay plain."""
     if args.cuda_graphs is not None:
         return bool(args.cuda_graphs), None
     if device_type != "cuda" or world_size != 1 or not train_cfg.compile:
@@ -322,7 +317,7 @@ def _run_locked(args: argparse.Namespace, info: Any, stack: contextlib.ExitStack
     from nanotrain.train import Trainer, check_cuda_graphs
 
     say = print if info.is_main else (lambda *a, **k: None)
-    _positive(args)
+    check_numbers(args)
     if args.logger == "tensorboard":
         summary_writer_class()  # a missing package is said before any work
     _check_name(args.name)

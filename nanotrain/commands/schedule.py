@@ -1,4 +1,4 @@
-"""`nanotrain schedule RECIPE`: print (and optionally plot) a recipe's WSD learning rates (seed-spec §7)."""
+"""`nanotrain schedule RECIPE`: print (and optionally plot) a recipe's WSD learning rates (docs/original-runs.md)."""
 
 from __future__ import annotations
 

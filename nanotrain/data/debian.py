@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from nanotrain.errors import UserError
+from nanotrain.files import write_json
 
 # Well-known crates (Debian package names). `popular` fetches all of these that the archive has.
 POPULAR_CRATES = (
@@ -209,9 +210,7 @@ def fetch_debian(out: Path, crates: str = "popular", rustc_src: bool = False, se
         })
     manifest = _merge_manifest(out / "manifest.json", packages)
     manifest["selection"] = {"crates": crates, "rustc_src": rustc_src, "seed": seed}
-    tmp_manifest = out / ".manifest.json.tmp"
-    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp_manifest.rename(out / "manifest.json")
+    write_json(out / "manifest.json", manifest)
     total_files = sum(p["rs_files"] for p in manifest["packages"])
     total_bytes = sum(p["rs_bytes"] for p in manifest["packages"])
     say(f"{out}: {len(manifest['packages'])} packages, {total_files} .rs files, {total_bytes / 1e6:.1f} MB of .rs")

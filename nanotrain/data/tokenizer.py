@@ -1,7 +1,8 @@
 """Byte-level BPE tokenizer (HF tokenizers): lossless, `<pad>` = 0, `<eos>` = 1 between files.
 
-Unlike the seed (seed-spec §8.2), training sees whole files, so the newline byte is in the vocabulary, and the
-byte-level alphabet is seeded in full, so no byte is ever unknown: decode(encode(x)) == x for any UTF-8 text.
+Unlike the original's tokenizer (docs/original-runs.md), training sees whole files, so the newline byte is in the
+vocabulary, and the byte-level alphabet is seeded in full, so no byte is ever unknown: decode(encode(x)) == x for any
+UTF-8 text.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The nanolab model zoo: one `GPT` assembled from a `ModelConfig` (seed-spec §1-§6).
+"""The nanolab model zoo: one `GPT` assembled from a `ModelConfig` (docs/original-runs.md).
 
 Modules: gpt (the model), attention (GQA + RoPE + KV cache), mlp (SwiGLU), norm (RMSNorm), mhc (mHC-lite),
 engram (hashed n-gram memory), wavefield (Haar field mixer), mtp (multi-token heads + loss), loop (LoopLM),

@@ -1,4 +1,4 @@
-"""Grouped-query causal self-attention with RoPE and a static KV cache (seed-spec §2.4).
+"""Grouped-query causal self-attention with RoPE and a static KV cache (docs/original-runs.md).
 
 - Projections: `wqkv` [(n_heads + 2*n_kv_heads)*hd, dim] holds the q, k and v rows in that order (one matrix
   product instead of three; Muon still orthogonalises the three blocks one by one, see `row_blocks`), and `wo`

@@ -1,4 +1,4 @@
-"""Engram: hashed n-gram memory added to the attention input of chosen layers (seed-spec §4).
+"""Engram: hashed n-gram memory added to the attention input of chosen layers (docs/original-runs.md).
 
 Hashing (§4.2). For table i (order n = orders[i // heads], i = order_idx*heads + head) at position t:
     h = 0;  for k in 0..n-1:  h = h * P[(i+k) mod 12] + ids[t-(n-1-k)]   (uint64, wrapping)

@@ -1,4 +1,4 @@
-"""The one nanolab language model, assembled from a `ModelConfig` (seed-spec §1.2, §2-§6).
+"""The one nanolab language model, assembled from a `ModelConfig` (docs/original-runs.md).
 
 Read top to bottom:
 - token embedding E [vocab, dim] ~ N(0, 0.02), tied to the output head (logits = h E^T, no separate head param)

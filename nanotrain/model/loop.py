@@ -1,4 +1,4 @@
-"""LoopLM: one shared block applied `loop_count` times between local blocks (seed-spec §6.7).
+"""LoopLM: one shared block applied `loop_count` times between local blocks (docs/original-runs.md).
 
 Per iteration the shared block runs (all iterations share weights, no RoPE, causal attention):
     u = mhc_attn.prepare(X); n = norm_attn(u); a = attn(n)

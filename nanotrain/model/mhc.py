@@ -1,4 +1,4 @@
-"""mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (seed-spec §2.2-2.3).
+"""mHC-lite: N parallel residual streams with learned read, write and doubly stochastic mixing (docs/original-runs.md).
 
 The maths, per sub-layer (`mhc_attn`, `mhc_ffn`), on streams X_0..X_{N-1} (each [B, T, dim]):
 - expand(x):  every stream starts as a copy of x (once, after the embedding).
@@ -16,19 +16,17 @@ How the streams are held (`Streams`, a tuple of [B, T, dim] tensors; `to_origina
       apply:    P' = P + g_p o,   Q' = c Q + g_q o,   g_p = (h0' + h1')/2,  g_q = c (h0' - h1')/2
   (h = h_pre, h' = h_post), expand is (x, 0) and collapse is P (see `collapse_streams`). Same maths as the
   stream basis, but every step is a scalar multiply-add: no 2x2 products over [2, B*T*dim] and no cross-stream
-  reads in apply, so compiled code fuses P's and Q's updates separately. The earlier forms on stacked
-  [N, B, T, dim] streams (2x2 matrix products; broadcast products) cost cuBLAS K<=2 products on the GPU (~115 ms
-  of a 207 ms full-scale B=16 step on an H200) and ~7% of the compiled CPU step. On the 2-core CPU (compiled tiny
-  baseline-v1 training step, B=16, T=256) this basis took the step from 0.93 to 0.96-0.97 of the reference's
-  speed (benchmarks/README.md).
+  reads in apply, so compiled code fuses P's and Q's updates separately. In the stream basis ([N, B, T, dim]
+  stacked) the mix is a 2x2 matrix product over B*T*dim, which a GPU runs as slow K<=2 cuBLAS kernels; the step
+  times of both forms are in benchmarks/results/ (2026-11-26).
 - N>2: (X_0, ..., X_{N-1}) in the stream basis, mixed by pointwise sums over the N x N matrix.
 
 Two forms of the same arithmetic, `MHCLite.form` (a test checks value and gradients agree in fp64):
 - "plain": the gains are 0-dim tensors (`addcmul` in apply and prepare: one kernel for P', two for Q').
 - "per-row": the gains are expanded to one copy per row ([B, T, 1]) before they multiply, so the backward
   computes each gain's gradient in two stages: a per-row reduction over dim (the shape Inductor fuses well with
-  the RMSNorm backward next to it) and then a sum over the rows. With plain broadcasts Inductor once fused the
-  whole B*T*dim reduction into the RMSNorm backward (~7 ms kernels, 639 ms per full-scale step on an H200).
+  the RMSNorm backward next to it) and then a sum over the rows. With plain broadcasts Inductor can fuse the
+  whole B*T*dim reduction into the RMSNorm backward as one reduction it does not split, which is slow on a GPU.
 "auto" (default) uses "per-row" while torch.compile traces with autograd on (training, on any device, so the CPU
 tests run the form compiled GPU training uses) and "plain" otherwise (eager, and compiled decoding).
 `set_mhc_form(model, form)` sets it for a whole model.

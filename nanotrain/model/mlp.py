@@ -1,4 +1,4 @@
-"""SwiGLU feed-forward network (seed-spec §2.5): w_down(silu(w_gate x) * w_up x)."""
+"""SwiGLU feed-forward network (docs/original-runs.md): w_down(silu(w_gate x) * w_up x)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-token prediction heads (seed-spec §5).
+"""Multi-token prediction heads (docs/original-runs.md).
 
 `n` independent Linear(dim -> vocab, bias) heads read the final normed hidden state h (shared trunk). Head i
 (0-based) at position t predicts token t+i+2, i.e. targets y[:, t+i+1] where y is the next-token target row.

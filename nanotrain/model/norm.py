@@ -1,4 +1,4 @@
-"""RMSNorm (seed-spec §1.2, §2.6): y = x / rms(x) * weight, eps 1e-6, weight initialised to 1.
+"""RMSNorm (docs/original-runs.md): y = x / rms(x) * weight, eps 1e-6, weight initialised to 1.
 
 Computed in fp32 and returned in the input's dtype, so bf16 autocast inputs take the same (fused) path.
 """

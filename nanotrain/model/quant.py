@@ -1,4 +1,4 @@
-"""Ternary quantisation-aware training (seed-spec §2.1), and the factory every hidden linear goes through.
+"""Ternary quantisation-aware training (docs/original-runs.md), and the factory every hidden linear goes through.
 
 With `quant="ternary"` each hidden projection (attention, FFN, wavefield, Engram W_k/W_v, LoopLM gates) trains
 fp32 shadow weights but computes its forward with

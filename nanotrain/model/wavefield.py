@@ -1,4 +1,4 @@
-"""Wavefield Haar attention (seed-spec §3): token mixing through a coarse 1-D field and a learned Haar filter.
+"""Wavefield Haar attention (docs/original-runs.md): token mixing through a coarse 1-D field and a learned Haar filter.
 
 Per layer, with H heads of width d = dim/H, field size F and J Haar levels:
 1. s = scatter(x) viewed [B, T, H, d].
@@ -17,7 +17,7 @@ Modes (`wavefield_mode`):
   forward keeps the scattered per-head values s_j in a cache and computes only the rows of its own positions.
 Physics parameters `omega`, `alpha_raw`, `phi` exist for checkpoint compatibility with the seed and are unused
 (the seed's "haar_direct" path never reads them). `coupling_logits` and `kernel_haar_coeffs` are used.
-`wavefield_physics_parameters(model)` lists all five, for the trainer's warmup delay (seed-spec §3.3).
+`wavefield_physics_parameters(model)` lists all five, for the trainer's warmup delay (docs/original-runs.md).
 """
 
 from __future__ import annotations

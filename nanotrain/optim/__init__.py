@@ -1,4 +1,4 @@
-"""Optimisers (Muon, Lion), their parameter groups and the WSD LR schedule (seed-spec §6, §7)."""
+"""Optimisers (Muon, Lion), their parameter groups and the WSD LR schedule (docs/original-runs.md)."""
 
 from nanotrain.optim.groups import (
     GroupInfo,

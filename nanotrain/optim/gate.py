@@ -1,7 +1,7 @@
 """Device-side gating of an optimizer step: skip a non-finite step without reading a flag back to the host.
 
-The trainer's NaN guard used to read `isfinite(loss) & isfinite(grad norm)` back every step, which makes the host
-wait for the GPU to finish the step before it can queue the next. Instead the flag stays on the device and the
+Reading `isfinite(loss) & isfinite(grad norm)` back every step would make the host wait for the GPU to finish
+the step before it could queue the next. So the trainer's NaN guard keeps the flag on the device and the
 optimizers take it as `step(ok=flag)`: where it is false they read zeros instead of the gradients (Muon zeroes its
 gradients in place, `zero_grads_unless`; Lion reads zeroed copies, `zeroed_copies_unless`; both clear NaN and inf,
 unlike a multiplication by 0) and every coefficient that would move a weight or a state buffer

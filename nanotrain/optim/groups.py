@@ -1,4 +1,4 @@
-"""Which parameter goes to which optimizer, at which LR (seed-spec §6.4 plus the fixes in ARCHITECTURE.md).
+"""Which parameter goes to which optimizer, at which LR (docs/original-runs.md, "Optimisers" and the fixes it lists).
 
 Rule, applied to `model.named_parameters()` (tied weights appear once):
 - wavefield physics params (`omega, alpha_raw, phi, coupling_logits, kernel_haar_coeffs` under `.wavefield.`)
@@ -234,7 +234,7 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> Tensor:
 
 @torch.no_grad()
 def zero_wavefield_physics_grads(model: nn.Module) -> None:
-    """Zero the gradients of the wavefield physics params (the warmup delay, seed-spec §3.3): with zero
+    """Zero the gradients of the wavefield physics params (the warmup delay, docs/original-runs.md): with zero
     gradients and zero state, Lion leaves them exactly unchanged."""
     grads = [p.grad for n, p in unwrap_model(model).named_parameters()
              if is_wavefield_physics(n) and p.grad is not None]

@@ -1,4 +1,4 @@
-"""Lion (seed-spec §6.2): sign of an interpolated momentum, for embeddings, norms, biases and other small params.
+"""Lion (docs/original-runs.md): sign of an interpolated momentum, for embeddings, norms, biases and other small params.
 
   u = sign(β1·m + (1−β1)·g)   (sign(0) = 0, so a zeroed gradient on a zero state leaves the weight untouched)
   W ← W·(1 − lr·wd) − lr·u    (decoupled weight decay; wd = 0 in the seed)

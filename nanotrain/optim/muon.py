@@ -1,4 +1,4 @@
-"""Muon: EMA momentum with the seed's Nesterov look-ahead, orthogonalised by Newton–Schulz (seed-spec §6.1).
+"""Muon: EMA momentum with a Nesterov look-ahead, orthogonalised by Newton–Schulz (docs/original-runs.md).
 
 Per parameter with gradient g (already clipped):
   b_new = β·b + (1−β)·g;  n = (1+β)·b_new − β·b_prev  (Nesterov; n = b_new without it)
@@ -8,11 +8,12 @@ The seed's Nesterov form equals β·b_new + (1−β)·g, which is also torch.opt
 with shape scaling on and NS in bf16 this optimizer computes what torch.optim.Muon does, batched and for any rank.
 
 The step is batched: matrices of one group with the same 2-D shape are stacked and orthogonalised by one chain
-of batched matmuls (a fused weight, `nanotrain.model.fused`, counts as its row blocks), and the momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a
-value back to the host, so it never synchronises with the GPU. `step(ok=flag)` gates the update on a device-side
-flag (`nanotrain.optim.gate`): where the flag is false, weights and momentum stay bit-for-bit as they were, and
-the trainer's NaN guard skips a non-finite step without reading anything back. Under DDP the gradients arrive
-averaged and every rank runs the same (redundant) Newton–Schulz, which keeps the replicas identical.
+of batched matmuls (a fused weight, `nanotrain.model.fused`, counts as its row blocks), and the
+momentum/update arithmetic uses `torch._foreach_*` ops. Nothing in `step()` reads a value back to the host, so it never
+synchronises with the GPU. `step(ok=flag)` gates the update on a device-side flag (`nanotrain.optim.gate`): where the
+flag is false, weights and momentum stay bit-for-bit as they were, and the trainer's NaN guard skips a non-finite step
+without reading anything back. Under DDP the gradients arrive averaged and every rank runs the same (redundant)
+Newton–Schulz, which keeps the replicas identical.
 """
 
 from __future__ import annotations

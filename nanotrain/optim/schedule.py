@@ -1,9 +1,10 @@
-"""The warmup-stable-decay (WSD) learning-rate schedule (seed-spec §7) and the re-warm used after a resume.
+"""The warmup-stable-decay (WSD) learning-rate schedule (docs/original-runs.md, "Schedule") and the re-warm used after
+a resume.
 
 Both are pure functions of the step, so a resumed run needs no scheduler state: the trainer multiplies every
 group's base LR by the returned multiplier (`Optimizers.set_lr_scale`). The seed logged `lr = 0.012 * wsd(s)`
 at step s, i.e. the LR of the update that follows step s; `wsd(0) == 0`, so nanolab's first update has LR 0 and
-warms up from there (the seed's first update used the full peak — ARCHITECTURE.md, "LR at step 1").
+warms up from there (the original's first update used the full peak).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def rewarm(step: int, resume_step: int, start_mult: float, cfg: TrainConfig) -> 
     """Multiplier after a resume that changes the schedule: ramp linearly from `start_mult` (the multiplier the
     run had when it stopped) to `wsd(step)` over `cfg.rewarm_steps` steps, then follow `wsd` exactly.
 
-    This replaces the seed's jump 0.0012 → 0.012 when a converged run was extended (engram-v2, seed-spec §7.1).
+    This replaces the seed's jump 0.0012 → 0.012 when a converged run was extended (engram-v2).
     At `step == resume_step` it returns `start_mult`; the target moves with the schedule during the ramp.
     """
     target = wsd(step, cfg)

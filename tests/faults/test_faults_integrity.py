@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from regression import spec
 
 from nanotrain import checkpoint as ckpt
 from nanotrain.errors import UserError
-
-from regression import spec
 
 from .conftest import step_dirs
 
@@ -112,7 +111,7 @@ def test_the_demo_refuses_a_damaged_checkpoint(copy):
     with pytest.raises(UserError, match="sha256 mismatch") as info:
         ModelCache(1).get(copy)
     assert str(copy / ckpt.MODEL_FILE) in str(info.value)
-    assert ModelCache(1, verify=False).get(copy).loaded.step == 4  # `nanoeval app --no-verify`
+    assert ModelCache(1, verify=False).get(copy).loaded.step == 4  # `python -m apps.demo --no-verify`
 
 
 def test_checkpoint_without_manifest_still_loads(tmp_path):

@@ -1,4 +1,4 @@
-"""The Gradio demo served by `nanoeval app`, driven over HTTP with gradio_client (real tiny checkpoints).
+"""The Gradio demo served by `python -m apps.demo`, driven over HTTP with gradio_client (real tiny checkpoints).
 
 One server per module: it is started with the real CLI on a free port and a runs folder holding copies of two
 tiny causal checkpoints (engram-v1, baseline-v1), a non-causal one (haar-v5) and one with truncated weights
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from apps.demo import discover_checkpoints, resolve_checkpoint
 from nanoeval.cli import main as nanoeval_main
 from nanotrain.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPT = "fn main() {"
 CAUSAL = ["engram-v1/final", "baseline-v1/final"]
@@ -67,21 +67,21 @@ def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"nanoeval app exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise AssertionError(f"the demo exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise AssertionError(f"nanoeval app did not answer on {url} within {timeout:.0f} s")
+    raise AssertionError(f"the demo did not answer on {url} within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
 def server(runs_folder):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanoeval", "app", "--runs", str(runs_folder), "--port", str(port),
+        [sys.executable, "-m", "apps.demo", "--runs", str(runs_folder), "--port", str(port),
          "--concurrency", "2", "--cache-size", "3"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -258,10 +258,10 @@ def test_discovery_and_path_checks(runs_folder):
 
 
 def test_cli_refuses_missing_runs_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nanoeval", "app", "--runs", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "apps.demo", "--runs", str(tmp_path / "nope")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"nanoeval: error: --runs {tmp_path / 'nope'}: no such folder "
+    assert proc.stderr.strip().splitlines() == [f"nanolab-demo: error: --runs {tmp_path / 'nope'}: no such folder "
                                                 "(train a run first: nanotrain run RECIPE)"]
 
 
@@ -282,9 +282,9 @@ def test_panel_shows_rustc_verdict_beside_tree_sitter(rustc):
 
 
 def test_cli_refuses_an_unfit_rustc(tmp_path):
-    argv = ["app", "--runs", str(tmp_path), "--validator", "rustc", "--rustc", str(tmp_path / "nope")]
-    proc = subprocess.run([sys.executable, "-m", "nanoeval", *argv], cwd=ROOT, capture_output=True, text=True,
+    argv = ["--runs", str(tmp_path), "--validator", "rustc", "--rustc", str(tmp_path / "nope")]
+    proc = subprocess.run([sys.executable, "-m", "apps.demo", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
-    expect = f"nanoeval: error: --rustc {tmp_path / 'nope'}: no such executable"
+    expect = f"nanolab-demo: error: --rustc {tmp_path / 'nope'}: no such executable"
     assert proc.stderr.strip().splitlines() == [expect]

@@ -118,16 +118,3 @@ def test_progression_rows_are_logged_steps_at_the_originals_fractions(seed_sessi
         assert step in logged and cells[2].strip() == f"{logged[step]['loss']:.4f}"
     steps = [int(c[0]) for c in rows]
     assert steps == sorted(set(steps)) and steps[-1] == max(logged)
-
-
-def test_rows_of_a_lost_timeline_are_dropped(tmp_path):
-    from nanoeval.session_report import read_metrics
-
-    rows = [("train", 4, 1.0), ("train", 8, 2.0), ("val", 8, 2.5), ("train", 12, 3.0),  # crashed after step 12
-            ("train", 8, 5.0), ("val", 8, 5.5), ("train", 12, 6.0)]  # resumed from step_4
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"kind": k, "step": s, "loss" if k == "train" else "val_ce": v}) + "\n"
-                            for k, s, v in rows) + "not json\n")
-    train, val = read_metrics(path)
-    assert [(r["step"], r["loss"]) for r in train] == [(4, 1.0), (8, 5.0), (12, 6.0)]
-    assert [(r["step"], r["val_ce"]) for r in val] == [(8, 5.5)]

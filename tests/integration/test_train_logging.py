@@ -10,7 +10,8 @@ import pytest
 from test_train_cli import nanotrain, small_tiny  # noqa: F401  (fixture)
 from test_train_corpus import fixture_dataset, one_thread  # noqa: F401  (fixtures)
 
-from nanotrain.metrics import METRICS_FILE, NOT_METRICS, read_metrics, scalar_tag
+from nanotrain.files import read_metrics
+from nanotrain.metrics import METRICS_FILE, NOT_METRICS, scalar_tag
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ from test_train_corpus import fixture_dataset, one_thread  # noqa: F401  (fixtur
 from test_train_ddp import _free_port
 
 from nanotrain import checkpoint as ckpt
-from nanotrain.metrics import read_metrics
+from nanotrain.files import read_metrics
 
 # Two torchrun agents, each starting one worker that imports torch and trains: ~30 s on the shared 2-core machine.
 pytestmark = pytest.mark.slow

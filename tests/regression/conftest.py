@@ -13,7 +13,7 @@ from . import spec
 
 @pytest.fixture(scope="session")
 def regression_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`nanotrain data build` of tests/fixtures/regression_corpus with the regression build flags."""
+    """`nanotrain data build` of tests/fixtures/rust with the regression build flags."""
     with spec.one_thread():
         return spec.build_dataset(tmp_path_factory.mktemp("regression") / "dataset")
 

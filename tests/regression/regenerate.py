@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nanotrain.files import atomic_write
+
 from . import spec
 
 
@@ -39,10 +41,8 @@ def _diff_goldens(golden: dict, measured: dict) -> list[str]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temporary sibling, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Write JSON with sorted keys (stable diffs), atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def make_ckpt(folder: Path) -> None:

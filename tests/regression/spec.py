@@ -2,7 +2,7 @@
 `python -m tests.regression.regenerate`, so the goldens and the checks can never drift apart.
 
 Every step runs the real user path: `nanotrain data build` on the committed corpus
-(tests/fixtures/regression_corpus), `nanotrain run RECIPE --scale tiny` with the tiny scale's tables swapped for
+(tests/fixtures/rust), `nanotrain run RECIPE --scale tiny` with the tiny scale's tables swapped for
 the micro shape below (the CLI has no shape flags), and `nanoeval score` with greedy decoding. Everything is fp32
 on CPU with one intra-op thread, seeded, so the same torch on the same machine gives bit-identical numbers.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CORPUS = REPO / "tests" / "fixtures" / "regression_corpus"
+CORPUS = REPO / "tests" / "fixtures" / "rust"
 GOLDENS = HERE / "goldens.json"
 CKPT_V1 = HERE / "ckpt_v1"
 CKPT_V1_PINNED = HERE / "ckpt_v1_pinned.json"
@@ -168,7 +168,8 @@ def compare(golden: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     problems = []
     for key in sorted(set(golden) | set(measured)):
         if key not in golden or key not in measured:
-            problems.append(f"{key}: golden {golden.get(key, '<absent>')!r}, measured {measured.get(key, '<absent>')!r}")
+            want, got = golden.get(key, "<absent>"), measured.get(key, "<absent>")
+            problems.append(f"{key}: golden {want!r}, measured {got!r}")
             continue
         want, got = golden[key], measured[key]
         if key in FLOAT_TOL:
@@ -200,8 +201,8 @@ def pin_checkpoint(folder: Path) -> dict[str, Any]:
     position, the MTP logits' sum, and a greedy completion (through nanoeval.load and the inference engine)."""
     import torch
 
-    from nanoeval.load import load
     from nanoeval.engine import Engine, SamplingConfig
+    from nanoeval.load import load
 
     with one_thread():
         loaded = load(folder)

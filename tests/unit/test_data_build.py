@@ -119,7 +119,7 @@ def test_round_trip_is_exact_on_every_fixture_file(fixture_dataset):
         assert tok.decode(ids, skip_special_tokens=False) == text, path.name
         assert EOS_ID not in ids and PAD_ID not in ids, f"{path.name}: a special id inside a file"
     assert ds.meta["roundtrip"] == {"checked": len(_fixture_files()), "failed": 0, "ok": True, "dropped": []}
-    # Newlines, CRLF, tabs and "<eos>" written in source all survive (seed-spec §8.2 lost every newline).
+    # Newlines, CRLF, tabs and "<eos>" written in source all survive (the original's tokenizer lost every newline).
     for s in ("fn main() {\n    x\r\n\ty\n}\n", 'let s = "<eos><pad>";'):
         assert tok.decode(tok.encode(s).ids) == s
 

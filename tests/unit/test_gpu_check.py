@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh, the GPU set, checked on the CPU: every step's flags parse with its script's own parser.
 
-The set runs only on a lent GPU, a few minutes per session, so a misspelt flag there costs a step of a scarce run.
+GPU time is scarce, so a misspelt flag found there costs a step of a run that cannot be repeated at once.
 Here `PY` points at a stand-in interpreter that loads each benchmark script and parses the step's arguments with
 the script's `build_parser()` (exit 2 and the argparse message on a bad flag), then runs its `check_flags(args)`
 where it has one (variant, recipe and batch-size names), instead of running it. That covers the prewarm processes

@@ -1,4 +1,4 @@
-"""Attention pieces (seed-spec §2.4-2.5): RoPE half-split, GQA mapping, SwiGLU width, RMSNorm."""
+"""Attention pieces (docs/original-runs.md, "Architecture"): RoPE half-split, GQA mapping, SwiGLU width, RMSNorm."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""Engram (seed-spec §4): primes, uint64-wrapping hashes against a Python-int reference, conv tap order, cache."""
+"""Engram (docs/original-runs.md): primes, uint64-wrapping hashes against a Python-int reference, conv tap order,
+cache."""
 
 import random
 
@@ -6,8 +7,14 @@ import pytest
 import torch
 
 from nanotrain.config import ModelConfig
-from nanotrain.model.engram import (SEED_PRIMES, VERIFIED_PRIMES, Engram, causal_depthwise_conv, hash_primes,
-                                    ngram_hash_indices)
+from nanotrain.model.engram import (
+    SEED_PRIMES,
+    VERIFIED_PRIMES,
+    Engram,
+    causal_depthwise_conv,
+    hash_primes,
+    ngram_hash_indices,
+)
 
 
 def is_prime(n: int) -> bool:

@@ -11,7 +11,7 @@ from nanotrain.errors import UserError
 from nanotrain.model import GPT, ModelOutput
 from nanotrain.recipes import RECIPES, get_recipe
 
-# seed-spec §1.2 "Parameter counts" (millions)
+# docs/original-runs.md, "Shapes": parameter counts (millions)
 SPEC_COUNTS = {
     "baseline": ("total", 245.41),
     "baseline-v1": ("total", 258.00),

@@ -1,4 +1,5 @@
-"""LoopLM (seed-spec §6.7): one shared block looped, no RoPE inside the loop, ExitGate computed, cache per loop."""
+"""LoopLM (docs/original-runs.md): one shared block looped, no RoPE inside the loop, ExitGate computed, cache per
+loop."""
 
 import dataclasses
 

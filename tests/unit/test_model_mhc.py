@@ -1,4 +1,4 @@
-"""mHC-lite (seed-spec §2.2-2.3): the formulas, the seed's dead symmetric init, and the broken-symmetry default."""
+"""mHC-lite (docs/original-runs.md): the formulas, the seed's dead symmetric init, and the broken-symmetry default."""
 
 import dataclasses
 

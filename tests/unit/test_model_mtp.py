@@ -1,4 +1,5 @@
-"""MTP heads and loss (seed-spec §5): head i at t predicts token t+i+2, weights [1, 0.5, 0.25], no smoothing."""
+"""MTP heads and loss (docs/original-runs.md): head i at t predicts token t+i+2, weights [1, 0.5, 0.25], no
+smoothing."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Ternary QAT (seed-spec §2.1): absmean group weights, 8-bit per-token activations, straight-through grads."""
+"""Ternary QAT (docs/original-runs.md): absmean group weights, 8-bit per-token activations, straight-through grads."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Wavefield Haar (seed-spec §3): layer choice, Haar transform, scatter, bidirectional vs causal operator."""
+"""Wavefield Haar (docs/original-runs.md): layer choice, Haar transform, scatter, bidirectional vs causal operator."""
 
 import dataclasses
 
@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from nanotrain.model import GPT, wavefield_physics_parameters
-from nanotrain.model.wavefield import (WavefieldAttention, haar_forward, haar_inverse, scatter_matrix,
-                                       wavefield_layer_indices)
+from nanotrain.model.wavefield import (
+    WavefieldAttention,
+    haar_forward,
+    haar_inverse,
+    scatter_matrix,
+    wavefield_layer_indices,
+)
 from nanotrain.recipes import get_recipe
 
 

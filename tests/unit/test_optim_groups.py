@@ -1,4 +1,5 @@
-"""Optimizer groups (seed-spec §6.4 + our fixes), the Optimizers bundle, clipping and the warmup-delay helper."""
+"""Optimizer groups (docs/original-runs.md, "Optimisers" + our fixes), the Optimizers bundle, clipping and the
+warmup-delay helper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lion (seed-spec §6.2) against a per-element reference of the spec formula."""
+"""Lion (docs/original-runs.md) against a per-element reference of the spec formula."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Muon (seed-spec §6.1): the batched optimizer against a per-matrix reference written from the spec formula."""
+"""Muon (docs/original-runs.md): the batched optimizer against a per-matrix reference written from the spec formula."""
 
 from __future__ import annotations
 

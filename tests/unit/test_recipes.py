@@ -1,4 +1,4 @@
-"""Named recipes and `nanotrain recipes`: seed-spec §1 values at full scale, sizes at small/tiny."""
+"""Named recipes and `nanotrain recipes`: the original shapes at full scale, sizes at small/tiny."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""WSD schedule (seed-spec §7): every logged LR of baseline-v1 and engram-v2 (seed-spec §11) to 6 decimals."""
+"""WSD schedule (docs/original-runs.md, "Schedule"): every logged LR of baseline-v1 and engram-v2 to 6 decimals."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from nanotrain.optim.schedule import decay_start, lr_multiplier, rewarm, wsd
 
 PEAK = 0.012
 
-# (step, logged lr) transcribed from the report's tables (seed-spec §11 csv).
+# (step, logged lr) transcribed from the original report's tables.
 BASELINE_V1 = [(50, 0.000300), (500, 0.003000), (1000, 0.006000), (2000, 0.012000), (3000, 0.012000),
                (4000, 0.012000), (5000, 0.012000), (6000, 0.012000), (7000, 0.012000), (8000, 0.012000),
                (8500, 0.010418), (9000, 0.006600), (9400, 0.003426), (9700, 0.001789), (10000, 0.001200)]
 ENGRAM_V2 = [(10050, 0.012000), (10500, 0.012000), (11000, 0.012000), (12000, 0.012000), (13000, 0.011896),
              (14000, 0.008666), (15000, 0.003600), (15650, 0.001516), (16000, 0.001200)]
-# Rows the formula cannot reproduce at the stated step (seed-spec §7.2): engram-v1 (w 1500, T 10000) and
-# haar-v5 (w 1500, T 30000).
+# Rows the formula cannot reproduce at the stated step (docs/original-runs.md, "Schedule"): engram-v1 (w 1500,
+# T 10000) and haar-v5 (w 1500, T 30000).
 ENGRAM_V1_BAD = [(1500, 0.010800), (8000, 0.011851), (9000, 0.003426)]
 HAAR_V5_BAD = [(24000, 0.011993), (25000, 0.010884), (26000, 0.008796), (27000, 0.006317), (28000, 0.003779),
                (29000, 0.001559)]

@@ -1,4 +1,4 @@
-"""Seed coherence metrics (seed-spec §10.2) on hand-made samples with hand-computed values."""
+"""Seed coherence metrics (docs/original-runs.md, "Evaluation") on hand-made samples with hand-computed values."""
 
 import pytest
 

@@ -4,6 +4,7 @@ the file and the key."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -132,7 +133,20 @@ BAD_FILES = [
     ('[[run]]\nname = "a"\nrecipe = "baseline"\n[[run]]\nname = "a"\nrecipe = "baseline"\n',
      "run 'a': key 'name' is used by two runs"),
     ('[[run]]\nname = "a"\nrecipe = "baseline"\ntotal_steps = 0\n',
-     "run 'a': key 'total_steps' = 0; must be at least 1"),
+     "run 'a': key 'total_steps' = 0; --total-steps 0: must be positive"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\neval_every = -1\n',
+     "run 'a': key 'eval_every' = -1; --eval-every -1: must not be negative"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\ntime_budget = inf\n',
+     "run 'a': key 'time_budget' = inf; --time-budget inf: must be a finite number of minutes"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\ndevice = "cpu"\n', "run 'a': unknown key 'device'"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\n[score]\nsamples_per_prompt = 0\n',
+     "[score]: key 'samples_per_prompt' = 0; --samples-per-prompt 0: must be at least 1"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\n[score]\ntop_p = 2.0\n',
+     "[score]: key 'top_p' = 2.0; --top-p 2.0: must be in (0, 1]"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\n[score]\nvalidator = "clang"\n',
+     "[score]: key 'validator' = 'clang'; expected one of"),
+    ('[[run]]\nname = "a"\nrecipe = "baseline"\n[score]\nenabled = 1\n',
+     "[score]: key 'enabled' must be true or false"),
     ('[[run]]\nname = "a"\nrecipe = "baseline"\nbatch_size = "8"\n', "run 'a': key 'batch_size' must be an integer"),
     ('[[run]]\nname = "a"\nrecipe = "baseline"\ndtype = "fp8"\n', "run 'a': key 'dtype' = 'fp8'; expected one of"),
     ('[[run]]\nname = "a"\nrecipe = "engram-v2"\n', "run 'a': recipe engram-v2 continues another run's final"),
@@ -185,3 +199,35 @@ def test_threads_flag_fills_runs_that_set_none(capsys, tmp_path):
     assert "--threads 1" in cmds[0] and "--threads 2" in cmds[1] and "--threads 1" not in cmds[1]
     code = main(["session", str(f), "--dry-run", "--threads", "0"])
     assert code == 2 and "--threads 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_run_and_score_keys_are_the_commands_own_flags(tmp_path):
+    """Every valued flag of `nanotrain run` / `nanoeval score` but those the session sets is a key, and its value
+    reaches the command as that flag; the parsers accept the argv the session builds."""
+    from nanoeval.commands.score import register as register_score
+    from nanotrain.commands.run import register as register_run
+    from nanotrain.session import SCORE_DEFAULTS, Launcher, run_cli, score_cli, score_command, train_command
+
+    assert {"steps", "total_steps", "batch_size", "seq_len", "seed", "log_every", "eval_every", "ckpt_every",
+            "rewarm_steps", "threads", "time_budget", "dtype", "resume_lr"} <= set(run_cli().flags)
+    assert not {"scale", "device", "out", "name", "resume", "data"} & set(run_cli().flags)
+    assert {"prompts", "samples_per_prompt", "max_new_tokens", "heldout_tokens", "temperature", "seed", "top_k",
+            "top_p", "validator"} <= set(score_cli().flags)
+    assert not {"ckpt", "out", "data", "device", "inference_mode"} & set(score_cli().flags)
+    assert all(set(defaults) <= set(score_cli().flags) for defaults in SCORE_DEFAULTS.values())
+    f = tmp_path / "s.toml"
+    f.write_text('[[run]]\nname = "a"\nrecipe = "baseline"\nrewarm_steps = 7\ndtype = "fp32"\ntime_budget = 2\n'
+                 '[score]\ntop_k = 5\nvalidator = "both"\nsamples_per_prompt = 3\n')
+    plan = build_plan(load_session(f), [Slot(None)], "tiny")
+    launcher = Launcher(nanotrain=("nt",), nanoeval=("ne",))
+    train = train_command(plan, plan.placements[0], tmp_path, None, launcher)
+    assert train[train.index("--rewarm-steps") + 1] == "7" and train[train.index("--dtype") + 1] == "fp32"
+    assert train[train.index("--time-budget") + 1] == "2.0"
+    score = score_command(plan, plan.session.runs[0], Slot(None), tmp_path, None, launcher)
+    assert score[score.index("--top-k") + 1] == "5" and score[score.index("--validator") + 1] == "both"
+    assert score[score.index("--samples-per-prompt") + 1] == "3" and score[score.index("--max-new-tokens") + 1] == "64"
+    for register, argv in ((register_run, train[1:]), (register_score, score[1:])):
+        root = argparse.ArgumentParser()
+        register(root.add_subparsers(dest="command"))
+        args = root.parse_args(argv)
+        assert args.command == argv[0]
