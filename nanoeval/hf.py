@@ -163,18 +163,17 @@ def export(ckpt: str | Path, out: str | Path, *, inference_mode: str = "refuse",
     from nanoeval.load import load
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise UserError(f"--out {out}: exists and is not empty (pass --force to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"--out {out}: exists and is not empty (pass --force to replace it)")
     loaded = load(ckpt, device="cpu", dtype=torch.float32, verify=verify)
     mode, bypass = resolve_inference_mode(loaded.model, inference_mode)
     cfg = dataclasses.replace(loaded.model_cfg, mtp_heads=0)
-    dropped = [f"{loaded.model_cfg.mtp_heads} multi-token-prediction heads (mtp.heads.*): training-only, generation "
-               "never reads them"] if loaded.model_cfg.mtp_heads else []
+    dropped = [(f"{loaded.model_cfg.mtp_heads} multi-token-prediction heads (mtp.heads.*): training-only, "
+                "generation never reads them")] if loaded.model_cfg.mtp_heads else []
     blockers = llama_blockers(cfg)
-    special = dict(eos_token_id=_eos_id(), pad_token_id=_pad_id(), bos_token_id=None,
-                   nanolab={"recipe": loaded.recipe, "step": loaded.step, "scale": loaded.config_json.get("scale"),
-                            "run": loaded.run_name, "dropped_mtp_heads": loaded.model_cfg.mtp_heads})
+    special = {"eos_token_id": _eos_id(), "pad_token_id": _pad_id(), "bos_token_id": None,
+               "nanolab": {"recipe": loaded.recipe, "step": loaded.step, "scale": loaded.config_json.get("scale"),
+                           "run": loaded.run_name, "dropped_mtp_heads": loaded.model_cfg.mtp_heads}}
     state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("mtp.")}
     if blockers:
         hf_model = _remote_model(cfg, state, bypass, **special)
@@ -303,6 +302,7 @@ def model_card(loaded, result: ExportResult) -> str:
     metrics = loaded.metrics()
     val = metrics.get("val") if isinstance(metrics.get("val"), dict) else {}
     remote = result.remote_code
+    kind = "(remote code: nanolab's GPT; **requires nanolab installed**)" if remote else "(native transformers)"
     lines = [
         "---",
         "library_name: transformers",
@@ -317,15 +317,13 @@ def model_card(loaded, result: ExportResult) -> str:
         "| | |",
         "|---|---|",
         f"| recipe | `{loaded.recipe}` ({loaded.config_json.get('scale') or 'unknown'} scale) |",
-        f"| architecture | `{result.architecture}`"
-        + (" (remote code: nanolab's GPT; **requires nanolab installed**)" if remote else " (native transformers)")
-        + " |",
-        f"| size | dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads / {cfg.n_kv_heads} KV heads, "
-        f"vocab {cfg.vocab_size}, context {cfg.max_seq_len} |",
+        f"| architecture | `{result.architecture}` {kind} |",
+        (f"| size | dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads / {cfg.n_kv_heads} KV heads, "
+         f"vocab {cfg.vocab_size}, context {cfg.max_seq_len} |"),
         f"| data | {_dataset_line(loaded, report)} |",
         f"| tokens seen | {tokens:,} ({loaded.step} steps x {train.batch_size} sequences x {train.seq_len} tokens) |",
-        f"| tokenizer | byte-level BPE; `{EOS_TOKEN}` separates files (empty prompt: start from it), "
-        f"`{PAD_TOKEN}` pads |",
+        (f"| tokenizer | byte-level BPE; `{EOS_TOKEN}` separates files (empty prompt: start from it), "
+         f"`{PAD_TOKEN}` pads |"),
     ]
     if val.get("val_ce") is not None:
         lines.append(f"| training-time validation | CE {val['val_ce']:.4f} nats/token, "

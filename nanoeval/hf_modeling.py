@@ -61,7 +61,7 @@ class NanolabForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = NanolabConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _no_split_modules = ["Block"]
+    _no_split_modules = ("Block",)
 
     def __init__(self, config: NanolabConfig) -> None:
         super().__init__(config)
