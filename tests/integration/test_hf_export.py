@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from nanoeval.cli import main as nanoeval
+from nanoeval.engine import Engine, SamplingConfig
+from nanoeval.hf import export, load_hf, unfused_state_dict
+from nanoeval.load import load
+from nanoeval.prompts import SEED_PROMPTS
+from nanotrain.data.tokenizer import EOS_ID, PAD_ID
+from nanotrain.recipes import RECIPES
 
-from nanoeval.cli import main as nanoeval  # noqa: E402
-from nanoeval.engine import Engine, SamplingConfig  # noqa: E402
-from nanoeval.hf import export, load_hf, unfused_state_dict  # noqa: E402
-from nanoeval.load import load  # noqa: E402
-from nanoeval.prompts import SEED_PROMPTS  # noqa: E402
-from nanotrain.data.tokenizer import EOS_ID, PAD_ID  # noqa: E402
-from nanotrain.recipes import RECIPES  # noqa: E402
+transformers = pytest.importorskip("transformers")
 
 CAUSAL_RECIPES = [name for name, r in RECIPES.items() if r.build("tiny")[0].wavefield_mode == "causal"
                   or not r.build("tiny")[0].wavefield_ratio]
