@@ -64,5 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import_demo() -> ModuleType:
-    """`apps.demo` (installed with the package; imported lazily so `--help` stays fast)."""
+    """`apps.demo` (installed with the package; imported lazily so `--help` stays fast and the core install, without
+    gradio, runs every other command)."""
+    from nanotrain.extras import require
+
+    require("gradio", "nanoeval app")
     return importlib.import_module("apps.demo")
