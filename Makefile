@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev,plot]"
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" -e ".[app,metrics,hf,plot,dev]"
 	touch $(STAMP)
 
 # The main job: fetch Debian Rust sources, build the dataset, train engram-v1 (tiny on CPU, full on a GPU),

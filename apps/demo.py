@@ -700,8 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     """Check the flags, then serve the app until interrupted."""
     from nanoeval.rustc import find_rustc
+    from nanotrain.extras import require
     from nanotrain.paths import default_runs_dir
 
+    require("gradio", "the demo")  # a missing extra is said before anything else
     runs = args.runs if args.runs is not None else default_runs_dir()
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: must be between 1 and 65535")

@@ -138,9 +138,9 @@ def context_length(model: torch.nn.Module) -> int:
     return int(model.cfg.max_seq_len)
 
 
-def encode_prompt(tokenizer, prompt: str, limit: int) -> tuple[list[int], bool]:
+def encode_prompt(tokenizer, prompt: str, limit: int, eos_id: int = EOS_ID) -> tuple[list[int], bool]:
     """Prompt ids without special tokens; empty -> [<eos>]; longer than `limit` -> the last `limit` ids."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [EOS_ID]
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos_id]
     if len(ids) > limit:
         return ids[-limit:], True
     return ids, False
@@ -247,22 +247,27 @@ class _Row:
 # ---------------------------------------------------------------------------------------------------- engine
 
 class Engine:
-    """Generates text from a nanolab `GPT` (see the module docstring). One engine per model; not thread-safe."""
+    """Generates text from a nanolab `GPT` (see the module docstring). One engine per model; not thread-safe.
+    `eos_id`/`pad_id`: the tokenizer's `<eos>` and `<pad>` ids (nanolab's by default; a transformers model's own
+    through `nanoeval.hf`; `pad_id` None: the tokenizer has no pad token)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, inference_mode: str = "refuse",
-                 compile: bool | None = None, batch_size: int = 32) -> None:
+                 compile: bool | None = None, batch_size: int = 32, eos_id: int = EOS_ID,
+                 pad_id: int | None = PAD_ID) -> None:
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size}: must be at least 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.mode, self.bypass = resolve_inference_mode(model, inference_mode)
         self.batch_size = batch_size
+        self.eos_id, self.pad_id = eos_id, pad_id
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.detok = Detokenizer(tokenizer)
         n_valid = tokenizer.get_vocab_size()
         banned = torch.zeros(int(model.cfg.vocab_size), device=self.device)
-        banned[PAD_ID] = float("-inf")
+        if pad_id is not None:
+            banned[pad_id] = float("-inf")
         banned[n_valid:] = float("-inf")  # model rows the tokenizer has no token for
         self.banned = banned
         self.compiled = False
@@ -313,7 +318,7 @@ class Engine:
                 compiled = torch.compile(self._eager_step, mode="reduce-overhead" if cuda else None, fullgraph=True)
                 b = self.batch_size
                 with torch.inference_mode():  # as `_decode_batch` calls it: no guard fails on the first real call
-                    warm = torch.full((b, 1), EOS_ID, dtype=torch.long, device=self.device)
+                    warm = torch.full((b, 1), self.eos_id, dtype=torch.long, device=self.device)
                     for p in (1, 2, 3):  # compiles, then (on CUDA) records the graph; the caches are rewritten later
                         if cuda:
                             torch.compiler.cudagraph_mark_step_begin()
@@ -360,7 +365,7 @@ class Engine:
         limit = context - config.max_new_tokens
         samples, encoded = [], []
         for p in prompts:
-            ids, cut = encode_prompt(self.tokenizer, p, limit)
+            ids, cut = encode_prompt(self.tokenizer, p, limit, self.eos_id)
             samples.append(Sample(prompt=p, prompt_tokens=len(ids), prompt_truncated=cut))
             encoded.append(ids)
         if not samples:
@@ -382,11 +387,11 @@ class Engine:
         longest = max(lengths)
         shape = self._cache_shape(n, longest + config.max_new_tokens)
         b = shape[0]
-        prompt = torch.full((b, longest), PAD_ID, dtype=torch.long)
+        prompt = torch.full((b, longest), self.eos_id if self.pad_id is None else self.pad_id, dtype=torch.long)
         for r, ids in enumerate(prompt_ids):
             prompt[r, :len(ids)] = torch.tensor(ids)
         lengths += [1] * (b - n)  # compiled: spare rows decode from a one-token prompt, their output unused
-        prompt[n:, 0] = EOS_ID
+        prompt[n:, 0] = self.eos_id
         self._setup_caches(shape)  # (normal tensors, like the ones a compiled step was warmed up with)
         step = self._step()
         eager = not self.compiled
@@ -444,7 +449,7 @@ class Engine:
         """Add one generated token to a row; returns False once the sample is finished."""
         sample = row.sample
         sample.n_tokens += 1
-        if token == EOS_ID:
+        if token == self.eos_id:
             sample.text += row.utf8.decode(b"", final=True)
             sample.finish = "eos"
             return False

@@ -11,20 +11,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from nanotrain.errors import UserError
-
 METRICS_FILE = "metrics.jsonl"
 # Row fields that are bookkeeping, not metrics: never sent to TensorBoard.
 NOT_METRICS = frozenset({"kind", "step", "time"})
 
 
 def summary_writer_class() -> type:
-    """`torch.utils.tensorboard.SummaryWriter`, or a UserError naming the extra that installs it."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--logger tensorboard needs the tensorboard package: pip install tensorboard "
-                        "(or pip install 'nanolab[plot]')") from None
+    """`torch.utils.tensorboard.SummaryWriter`, or a UserError naming the extra that installs tensorboard."""
+    from nanotrain.extras import require
+
+    require("tensorboard", "--logger tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter
 
 

@@ -24,10 +24,9 @@ def check_figure_path(path: Path, flag: str, what: str | None = None) -> Path:
 
 def pyplot(flag: str) -> Any:
     """matplotlib.pyplot on the Agg backend (no display needed); UserError naming the extra when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError(f"{flag} needs matplotlib: pip install matplotlib (or pip install 'nanolab[plot]')") from None
+    from nanotrain.extras import require
+
+    matplotlib = require("matplotlib", flag)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

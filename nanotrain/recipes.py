@@ -84,6 +84,8 @@ def _loop_count(shape: dict[str, Any]) -> int:
 
 _RECIPES = [
     Recipe("baseline", "plain GPT with mHC-lite: no MTP, no Engram, no wavefield (the original's 245M shape)"),
+    Recipe("llama", "baseline with one residual stream instead of mHC-lite: plain Llama, which `nanoeval export` "
+                    "writes as a native transformers LlamaForCausalLM", model=dict(mhc_streams=1)),
     Recipe("baseline-v1", "the seed's baseline-v1: baseline + 3 MTP heads (t+2..t+4, weight 0.2), warmup 2000",
            model=dict(mtp_heads=3), warmup_mult=2000 / 1500),
     Recipe("haar-v5", "the seed's haar-v5: wavefield Haar on every other layer, bidirectional (NOT causal), "

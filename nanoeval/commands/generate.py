@@ -34,6 +34,32 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     add_verify_flag(p)
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model to run: a nanolab checkpoint (--ckpt) or a local transformers folder (--hf), one of the two."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ckpt", help="checkpoint folder (runs/<run>/final) or a run folder")
+    g.add_argument("--hf", metavar="HFDIR",
+                   help="a local Hugging Face transformers causal LM folder (e.g. one `nanoeval export` wrote)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="with --hf: allow the folder's own modelling code (nanolab exports need none of theirs)")
+
+
+def load_model(args, dtype=None):
+    """(loaded model, engine token ids) for --ckpt or --hf: a `nanoeval.load.LoadedModel` and {}, or a
+    `nanoeval.hf.LoadedHF` and its tokenizer's eos/pad ids."""
+    import torch
+
+    if args.hf is not None:
+        from nanoeval.hf import load_hf
+
+        loaded = load_hf(args.hf, device=args.device, dtype=dtype or torch.float32,
+                         trust_remote_code=args.trust_remote_code)
+        return loaded, {"eos_id": loaded.eos_id, "pad_id": loaded.pad_id}
+    from nanoeval.load import load
+
+    return load(args.ckpt, device=args.device, dtype=dtype, verify=args.verify), {}
+
+
 def sampling_config(args):
     """The sampling configuration of the flags (`SamplingConfig` checks the numbers), stop strings checked as
     UTF-8 text."""
@@ -52,11 +78,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate a completion for one prompt",
-        description="Generate a completion for --prompt from a checkpoint with nanoeval's inference engine. The prompt "
+        description="Generate a completion for --prompt from a checkpoint (or a transformers folder, --hf) with nanoeval's inference engine. The prompt "
                     "is echoed, then the completion streams in as it is sampled. Prompt escapes like \\n are "
                     "NOT interpreted: use real newlines (e.g. $'fn main() {\\n').",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
+    add_model_args(p)
     p.add_argument("--prompt", required=True, help="text to continue ('' starts from <eos>, a new file)")
     add_sampling_args(p, max_new_tokens=128)
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
@@ -67,13 +93,12 @@ def register(sub) -> None:
 def _run(args) -> int:
     from nanoeval.engine import Engine
     from nanoeval.inputs import check_text
-    from nanoeval.load import load
     from nanotrain.dist import resolve_device
 
     check_text(args.prompt, "--prompt")
     config = sampling_config(args)
     args.device = str(resolve_device(args.device))
-    loaded = load(args.ckpt, device=args.device, verify=args.verify)
+    loaded, ids = load_model(args)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
@@ -88,7 +113,7 @@ def _run(args) -> int:
             out.flush()
             shown[0] = ready
 
-    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode)
+    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, **ids)
     result = engine.generate([args.prompt], config, on_token=on_token if args.stream else None)
     sample = result.samples[0]
     out.write(sample.text[shown[0]:] + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanoeval.commands.generate import add_sampling_args, sampling_config
+from nanoeval.commands.generate import add_model_args, add_sampling_args, load_model, sampling_config
 from nanoeval.rustc import add_validator_args
 
 
@@ -17,9 +17,11 @@ def register(sub) -> None:
                     "with tree-sitter (truncation-aware validity, error density), a Rust-aware bracket lexer and "
                     "distinct-3 (--validator rustc/both: also with the compiler's parser). Writes the score "
                     "report JSON (--out, default <ckpt>/score.json) and prints a summary. Checkpoints with "
-                    "non-causal layers need --inference-mode bypass.",
+                    "non-causal layers need --inference-mode bypass. --hf scores a local transformers causal LM "
+                    "folder instead, on the same prompts and metrics (held-out text re-encoded with its tokenizer "
+                    "when that differs from the dataset's).",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (runs/<run>/final) or a run folder")
+    add_model_args(p)
     p.add_argument("--prompts", default="seed",
                    help="seed (the original's 15 prompts, default), completions (fn signatures cut from the "
                         "dataset's test split) or a JSONL file of {\"prompt\": ...} lines")
@@ -50,13 +52,16 @@ def resolve_dataset(data: Path | None, loaded, needed: bool):
     from nanotrain.errors import UserError
     from nanotrain.paths import default_dataset_dir
 
-    folder = data if data is not None else default_dataset_dir(loaded.config_json.get("scale") or "tiny")
+    scale = loaded.config_json.get("scale") or (loaded.config_json.get("nanolab") or {}).get("scale") or "tiny"
+    folder = data if data is not None else default_dataset_dir(scale)
     if data is None and not folder.is_dir():
         if not needed:
             return None
         raise UserError(f"no --data given and the default dataset {folder} does not exist; pass --data DIR "
                         "(or --heldout-tokens 0 with seed/file prompts to skip held-out loss)")
     dataset = Dataset(folder)
+    if getattr(loaded, "model_type", None) is not None:  # a transformers folder (--hf): ids are matched later
+        return dataset
     if file_sha256(dataset.tokenizer_path) != file_sha256(loaded.folder / "tokenizer.json"):
         flag = "--data" if data is not None else "the default dataset"
         raise UserError(f"{flag} {folder}: built with a different tokenizer than {loaded.folder}; its held-out "
@@ -84,7 +89,6 @@ def _run(args) -> int:
 
     from nanoeval.engine import Engine
     from nanoeval.heldout import evaluate_heldout
-    from nanoeval.load import load
     from nanoeval.prompts import resolve_prompts
     from nanoeval.report import build_score_report, compile_check, format_summary, score_samples, write_json
     from nanoeval.rustc import find_rustc
@@ -94,14 +98,23 @@ def _run(args) -> int:
     config = check_args(args)
     args.device = str(resolve_device(args.device))
     rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" or args.compile_check else None
-    loaded = load(args.ckpt, device=args.device, dtype=torch.float32, verify=args.verify)
-    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size)
+    loaded, ids = load_model(args, dtype=torch.float32)
+    engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size,
+                    **ids)
     need_data = args.heldout_tokens > 0 or args.prompts == "completions"
-    dataset = resolve_dataset(args.data, loaded, need_data) if need_data else None
+    dataset = heldout_data = None
+    if need_data:
+        dataset = resolve_dataset(args.data, loaded, need_data)
+        heldout_data = dataset
+        if args.hf is not None:
+            from nanoeval.hf import RetokenizedSplits, same_tokenizer
+
+            if not same_tokenizer(dataset.tokenizer, loaded.tokenizer):
+                heldout_data = RetokenizedSplits(dataset, loaded.tokenizer, loaded.eos_id)
     prompts = resolve_prompts(args.prompts, dataset, n=args.n_prompts)
     heldout = None
     if args.heldout_tokens > 0:
-        heldout = evaluate_heldout(loaded.model, dataset, split="val", max_tokens=args.heldout_tokens,
+        heldout = evaluate_heldout(loaded.model, heldout_data, split="val", max_tokens=args.heldout_tokens,
                                    inference_mode=args.inference_mode, progress=True)
     batch = [p for p in prompts for _ in range(args.samples_per_prompt)]
     generation = engine.generate(batch, config, progress=True)

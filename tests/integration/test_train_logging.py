@@ -82,12 +82,12 @@ def test_missing_tensorboard_is_one_line_before_any_work(capsys, tmp_path, fixtu
                                                          monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` of it raises ImportError
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import` of it raises ImportError
     code, out, err = nanotrain(capsys, "run", "baseline-v1", "--scale", "tiny", "--data", fixture_dataset,
                                "--out", tmp_path, "--logger", "tensorboard")
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == ["nanotrain: error: --logger tensorboard needs the tensorboard package: "
-                                        "pip install tensorboard (or pip install 'nanolab[plot]')"]
+    assert err.strip().splitlines() == ["nanotrain: error: --logger tensorboard needs the optional package "
+                                        "tensorboard: pip install 'nanolab[plot]'"]
     assert not any(tmp_path.iterdir())
 
 

@@ -10,10 +10,25 @@ from nanoeval.rustc import check_texts
 from nanoeval.rustc import find_rustc
 from nanoeval.rustc import validity_summary
 
-_DESCRIPTION = """Scores Rust text with tree-sitter-rust: valid_rate (no errors; for samples cut at a token limit,
-only errors at the cut are allowed; validator="rustc" or "both" asks rustc's parser too), error_density (errors
-per KB), bracket_balance ((), [], {} outside strings and comments; 1.0 when all match) and distinct_3 (distinct
-token trigrams)."""
+_DESCRIPTION = """Syntactic quality of generated Rust, measured with the tree-sitter-rust grammar: the share of
+samples that parse without errors (valid_rate; for samples cut at a token limit only errors at the cut are
+allowed; validator="rustc" or "both" also asks the Rust compiler's own parser), errors per KB of text
+(error_density), bracket balance over (), [] and {} outside strings and comments (bracket_balance), and the share of
+distinct token trigrams (distinct_3, a repetition measure). It is the scoring of `nanoeval score` and
+`nanoeval check-rust` (nanolab's `nanoeval.rust`)."""
+
+_CITATION = """@software{tree_sitter_rust,
+  author = {Max Brunsfeld and the tree-sitter contributors},
+  title = {tree-sitter-rust: Rust grammar for tree-sitter},
+  url = {https://github.com/tree-sitter/tree-sitter-rust},
+  license = {MIT}
+}
+@software{tree_sitter,
+  author = {Max Brunsfeld and the tree-sitter contributors},
+  title = {Tree-sitter: an incremental parsing system for programming tools},
+  url = {https://github.com/tree-sitter/tree-sitter},
+  license = {MIT}
+}"""
 
 _INPUTS = """
 Args:
@@ -23,9 +38,19 @@ Args:
         "both".
     rustc: path of the rustc to use (default: $NANOLAB_RUSTC, else /usr/bin/rustc if >= 1.80, else PATH).
 Returns:
-    dict with n, valid_rate, bracket_balance, error_density, distinct_3 (means over predictions); valid_rate is
-    the validator's (both: tree-sitter's). With rustc or both also validator, valid_rate_tree_sitter,
-    valid_rate_rustc, validator_agreement and validator_disagreements (indices of predictions; both only).
+    n: number of predictions.
+    valid_rate: share of predictions without syntax errors (the validator's; both: tree-sitter's), in [0, 1].
+    bracket_balance: mean over predictions of matched pairs / (pairs + problems), in [0, 1].
+    error_density: mean syntax errors per KB of UTF-8 text (>= 0).
+    distinct_3: mean share of distinct token trigrams, in [0, 1].
+    With validator "rustc" or "both" also: validator, valid_rate_tree_sitter, valid_rate_rustc,
+    validator_agreement and validator_disagreements (indices of predictions; both only).
+Examples:
+    >>> import evaluate
+    >>> rust_syntax = evaluate.load("path/to/nanoeval/metrics/rust_syntax")
+    >>> results = rust_syntax.compute(predictions=["fn main() {}\\n", "fn main( {"], truncated=[False, False])
+    >>> results["n"], results["valid_rate"]
+    (2, 0.5)
 """
 
 
@@ -36,8 +61,13 @@ class RustSyntax(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_INPUTS,
+            homepage="https://github.com/tree-sitter/tree-sitter-rust",
+            codebase_urls=["https://github.com/tree-sitter/tree-sitter-rust",
+                           "https://github.com/tree-sitter/py-tree-sitter"],
+            reference_urls=["https://tree-sitter.github.io/tree-sitter/"],
+            license="MIT",
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
