@@ -9,7 +9,9 @@ How a call runs:
   its own last prompt token (`GPT.forward(idx, input_pos, logits_at=...)`). Padding positions get cache entries
   that a row overwrites before it can read them (a query at position p reads positions <= p only).
 - Decode: one token per row per step, every row at its own position (`input_pos` [B, 1]); the step's shapes
-  never change, so on a GPU it is compiled once and replayed as a CUDA graph.
+  never change, so on a GPU it is compiled once and replayed as a CUDA graph. Eager steps whose rows all sit at
+  one position (one prompt, or prompts of one length) pass a single position vector, and the model's caches then
+  use slices and no attention mask (`nanotrain.model.cache`).
 - Sampling runs on the device, in this order: repetition penalty (CTRL style, on tokens already in the row),
   `<pad>` and ids the tokenizer lacks masked, temperature (0 = greedy argmax), exact top-k (exactly k survive),
   top-p (the smallest set reaching p), then one draw per row among the kept candidates by the exponential race
