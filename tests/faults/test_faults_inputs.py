@@ -111,7 +111,7 @@ def test_data_build_refuses_a_split_that_ends_up_empty(tmp_path):
     code, out, err = spec.run_cli("nanotrain", "data", "build", "--src", _small_corpus(tmp_path), "--out",
                                   tmp_path / "ds", "--vocab", 300, "--split", "98/1/1", "--workers", 1)
     assert code == 2 and err.count("nanotrain: error: ") == 1 and "Traceback" not in err, err
-    assert "nanotrain: error: --split 98/1/1: no file landed in the val split (3 usable files)" in err
+    assert "nanotrain: error: --split 98/1/1: no file landed in the val split (3 usable files in 1 crate)" in err
     assert not (tmp_path / "ds").exists()
 
 
