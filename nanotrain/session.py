@@ -58,17 +58,21 @@ SESSION_KEYS = {"name", "description"}
 TOP_KEYS = {"session", "run", "score"}
 
 # `nanoeval score` settings per scale (tiny settings at tiny scale); the file's [score] table overrides them.
+# (15 seed + 120 completion prompts) x 2 = 270 samples: a valid rate near 0.2 gets a 95% interval of about +-0.05.
+# heldout_tokens None: each run's own validation tokens (`nanoeval score`'s default), the same for every run of a
+# session whose runs share batch_size, seq_len and eval_batches; the report says when they differ.
 SCORE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(prompts="seed", samples_per_prompt=1, max_new_tokens=64, heldout_tokens=16384, temperature=0.7,
-                 seed=0),
-    "small": dict(prompts="seed", samples_per_prompt=2, max_new_tokens=128, heldout_tokens=32768, temperature=0.7,
-                  seed=0),
-    "full": dict(prompts="seed", samples_per_prompt=2, max_new_tokens=256, heldout_tokens=131072, temperature=0.7,
-                 seed=0),
+    "tiny": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=64,
+                 heldout_tokens=None, temperature=0.7, seed=0),
+    "small": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=128,
+                  heldout_tokens=None, temperature=0.7, seed=0),
+    "full": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=256,
+                 heldout_tokens=None, temperature=0.7, seed=0),
 }
 SCORE_KEYS: dict[str, tuple[type, Any]] = {
     "enabled": (bool, None),
     "prompts": (str, None),
+    "n_prompts": (int, 1),
     "samples_per_prompt": (int, 1),
     "max_new_tokens": (int, 1),
     "heldout_tokens": (int, 0),
@@ -462,9 +466,11 @@ def score_command(plan: Plan, run: RunSpec, slot: Slot, runs_dir: Path, data: Pa
     s = score_settings(plan)
     cmd = [*launcher.nanoeval, "score", "--ckpt", str(run_dir / "final"), "--out", str(run_dir / "score.json"),
            "--inference-mode", "bypass", "--device", "cpu" if slot.gpu is None else "cuda",
-           "--prompts", s["prompts"], "--samples-per-prompt", str(s["samples_per_prompt"]),
-           "--max-new-tokens", str(s["max_new_tokens"]), "--heldout-tokens", str(s["heldout_tokens"]),
+           "--prompts", s["prompts"], "--n-prompts", str(s["n_prompts"]),
+           "--samples-per-prompt", str(s["samples_per_prompt"]), "--max-new-tokens", str(s["max_new_tokens"]),
            "--temperature", str(s["temperature"]), "--seed", str(s["seed"])]
+    if s["heldout_tokens"] is not None:
+        cmd += ["--heldout-tokens", str(s["heldout_tokens"])]
     if data is not None:
         cmd += ["--data", str(data)]
     return cmd
@@ -532,8 +538,10 @@ def format_plan(plan: Plan, runs_dir: Path, data: Path | None = None, launcher: 
                          + (f"  [{extra}]" if extra else ""))
     s = score_settings(plan)
     if s["enabled"]:
+        held = ("the run's validation tokens" if s["heldout_tokens"] is None
+                else f"{s['heldout_tokens']} held-out tokens")
         lines.append(f"then: nanoeval score each final ({s['prompts']} prompts x {s['samples_per_prompt']}, "
-                     f"{s['max_new_tokens']} new tokens, {s['heldout_tokens']} held-out tokens) -> <run>/score.json")
+                     f"{s['max_new_tokens']} new tokens, {held}) -> <run>/score.json")
     lines.append("commands (each logs to <run>/train.log):")
     for p in plan.placements:
         env = "CUDA_VISIBLE_DEVICES=" + slot_env(p.slot)["CUDA_VISIBLE_DEVICES"]

@@ -490,14 +490,17 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out CE (nats/token), bits/byte and entropy on the val split: the same windows every time."""
+        """Held-out CE (nats/token), bits/byte and entropy on the val split: the same windows every time, the first
+        eval_batches x batch_size windows of seq_len whatever the world size (`nanoeval score` measures these by
+        default: `nanoeval.heldout.validation_tokens`)."""
         tokens = self.dataset.tokens("val")
         T = self.train_cfg.seq_len
         if len(tokens) < T + 1:
             return None
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll sum, entropy sum, count
-        batches = sequential_batches(tokens, T, self.local_batch, max_batches=self.train_cfg.eval_batches)
+        batches = sequential_batches(tokens, T, self.local_batch,
+                                     max_batches=self.train_cfg.eval_batches * self.dist.world_size)
         for i, (x, y) in enumerate(batches):
             if i % self.dist.world_size != self.dist.rank:
                 continue
