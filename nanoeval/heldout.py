@@ -145,7 +145,7 @@ def evaluate_heldout(
         n_tokens=count,
         seq_len=seq_len,
         inference_mode=mode,
-        n_docs=int(len(doc_tokens)),
+        n_docs=len(doc_tokens),
         ce_ci=ce_ci,
         bpb_ci=None if ce_ci is None else (ce_ci[0] / math.log(2) / bpt, ce_ci[1] / math.log(2) / bpt),
         tokens_sha256=hashlib.sha256(np.ascontiguousarray(measured, dtype=np.uint16).tobytes()).hexdigest(),

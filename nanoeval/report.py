@@ -34,6 +34,7 @@ them and says "no interval" where it has none to show.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -489,7 +490,7 @@ def _short(v) -> str:
 def _diff_cell(diff: float | None, ci, name_a: str, name_b: str, higher_is_better: bool, note: str = "") -> str:
     from nanoeval.stats import verdict
 
-    if diff is None or diff != diff:
+    if diff is None or math.isnan(diff):
         return "no interval" + (f" ({note})" if note else "")
     text = f"{diff:+.3f}" + ("" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]")
     return f"{text}: {verdict(name_a, name_b, ci, higher_is_better)}" + (f" ({note})" if note else "")

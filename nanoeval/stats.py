@@ -116,7 +116,7 @@ def verdict(name_a: str, name_b: str, ci: tuple[float, float] | None, higher_is_
     """Who wins a difference a - b with interval `ci`: a name when the interval excludes zero, else
     'not distinguishable'."""
     if ci is None:
-        return "not distinguishable (too few samples)"
+        return "not distinguishable (too few samples or documents to test)"
     lo, hi = ci
     if lo > 0:
         return name_a if higher_is_better else name_b
