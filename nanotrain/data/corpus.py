@@ -4,10 +4,11 @@ Every skipped file is counted by reason (nothing here is fatal). Two split rules
 
 - `crate` (the default): every file of a crate lands in the same split, so val and test crates are never seen in
   training. A file's crate is the `[package] name` of the nearest Cargo.toml above it (so two versions of a crate
-  are one crate), else that Cargo.toml's folder; the files of a folder with no Cargo.toml above it form one crate. Crates are taken in an order hashed
-  from their name and the seed: val, then test, take crates until they reach their share of the corpus bytes and
-  the floor (`HELDOUT_MIN_FILES` files, `HELDOUT_MIN_TOKENS` tokens estimated from bytes), without growing past
-  `HELDOUT_MAX_SHARE` of the corpus (or their share, if larger); a crate too big to fit is skipped. So the
+  are one crate), else that Cargo.toml's folder; the files of a folder with no Cargo.toml above it form one
+  crate. Crates are taken in an order hashed from their name and the seed: val, then test, take crates until
+  they reach their share of the corpus bytes and the floor (`HELDOUT_MIN_FILES` files, `HELDOUT_MIN_TOKENS`
+  tokens estimated from bytes), without growing past `HELDOUT_MAX_SHARE` of the corpus (or their share, if
+  larger); a crate too big to fit is skipped (when every crate is, the split takes the smallest one). So the
   split depends on which crates the corpus holds, and a small corpus gets held-out splits below the floor.
 - `file`: the split of a file is a pure function of its content and the seed, so adding or removing other files
   never moves a file between train/val/test; files of one crate can sit on both sides.
@@ -117,6 +118,9 @@ def assign_crate_splits(files: list[SourceFile], seed: int, fractions: tuple[flo
             have_bytes += n_bytes[crate]
             if have_bytes >= target and have_files >= min_files:
                 break
+        free = [c for c in order if c not in where]
+        if not have_files and len(free) > 1:  # every crate is bigger than the cap: the smallest one
+            where[min(free, key=lambda c: n_bytes[c])] = split
     return {c: where.get(c, "train") for c in order}
 
 

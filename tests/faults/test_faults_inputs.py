@@ -33,7 +33,8 @@ def generate(ckpt: Path, *flags) -> tuple[int, str, str]:
 
 
 def score(ckpt: Path, tmp_path: Path, *flags) -> tuple[int, str, str]:
-    return spec.run_cli("nanoeval", "score", "--ckpt", ckpt, "--heldout-tokens", 0, "--max-new-tokens", 4,
+    return spec.run_cli("nanoeval", "score", "--ckpt", ckpt, "--heldout-tokens", 0, "--prompts", "seed",
+                        "--max-new-tokens", 4,
                         "--out", tmp_path / "score.json", *flags)
 
 
@@ -117,7 +118,7 @@ def test_data_build_refuses_a_split_that_ends_up_empty(tmp_path):
 
 def test_disk_full_while_writing_the_score_report_is_one_line(engram, tmpfs):
     out = tmpfs("4k")
-    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0,
+    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0, "--prompts", "seed",
                                 "--max-new-tokens", 4, "--out", out / "score.json")
     assert code == 2 and err.count("nanoeval: error: ") == 1 and "Traceback" not in err, err
     assert "No space left on device" in err.split("nanoeval: error: ")[1]

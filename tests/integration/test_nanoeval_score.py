@@ -152,7 +152,7 @@ def test_seed_metrics_compile_check_and_prompt_file(tiny_checkpoint_factory, fix
     prompts.write_text('{"prompt": "fn add(a: i32, b: i32) -> i32 {"}\n\n{"prompt": "pub struct P {"}\n')
     out = tmp_path / "r.json"
     rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),
-               "--prompts", str(prompts), "--metrics", "seed", "--compile-check", "--out", str(out), *FAST])
+               *FAST, "--prompts", str(prompts), "--metrics", "seed", "--compile-check", "--out", str(out)])
     assert rc == 0
     r = json.loads(out.read_text())
     assert [s["prompt"] for s in r["samples"]] == ["fn add(a: i32, b: i32) -> i32 {", "pub struct P {"]

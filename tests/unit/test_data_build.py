@@ -284,3 +284,7 @@ def test_crate_split_floor_and_cap():
     big = _files("huge", 100, 10_000) + _files("small", 10, 100)
     where = corpus.assign_crate_splits(big, 0, (0.5, 0.25, 0.25), min_files=1000, min_tokens=0)
     assert where["huge"] == "train" and where["small"] in ("val", "test")
+    # Eight crates of 12.5% each: none fits a 10% cap, so val and test take one crate each.
+    even = [f for c in range(8) for f in _files(f"e{c}", 10, 1000)]
+    where = corpus.assign_crate_splits(even, 0, (0.8, 0.1, 0.1), min_files=100, min_tokens=0)
+    assert sorted(where.values()).count("val") == 1 and sorted(where.values()).count("test") == 1
