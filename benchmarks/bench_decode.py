@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json to use (default: trained here)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ModelConfig field, e.g. --set dim=64 (repeatable; for micro runs)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/bench_decode_<device>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default benchmarks/results/bench_decode_<device>.json)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own choice; 1 is steadier on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights")
@@ -141,9 +142,8 @@ def engine_variant(name: str, model, tokenizer, batch: int, new_tokens: int, *, 
 def reference_variant(model_cfg, prompt_ids: list[int], batch: int, new_tokens: int, device, dtype, seed: int
                       ) -> common.Variant:
     def build():
-        import torch
-
         import reference
+        import torch
 
         cfg = reference.RefConfig.from_model_config(model_cfg)
         cfg.mtp_heads = 0

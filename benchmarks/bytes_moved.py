@@ -78,10 +78,9 @@ def per_layer(bytes_a: int, bytes_b: int, depth_a: int, depth_b: int) -> tuple[f
 
 def count_step_bytes(variant: str, depth: int, args) -> int:
     """Compile one forward+loss+backward of `variant` at `depth` layers, caches off; the bytes Inductor counted."""
+    import bench_train
     import torch
     from torch._inductor import metrics
-
-    import bench_train
 
     bench_args = bench_train.build_parser().parse_args(
         ["--scale", args.scale, "--recipe", args.recipe, "--batch-size", str(args.batch_size), "--seq-len",

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import codecs
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch

@@ -173,7 +173,8 @@ def export(ckpt: str | Path, out: str | Path, *, inference_mode: str = "refuse",
     blockers = llama_blockers(cfg)
     special = {"eos_token_id": _eos_id(), "pad_token_id": _pad_id(), "bos_token_id": None,
                "nanolab": {"recipe": loaded.recipe, "step": loaded.step, "scale": loaded.config_json.get("scale"),
-                           "run": loaded.run_name, "dropped_mtp_heads": loaded.model_cfg.mtp_heads}}
+                           "run": loaded.run_name, "dropped_mtp_heads": loaded.model_cfg.mtp_heads,
+                           "train": loaded.config_json.get("train")}}
     state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("mtp.")}
     if blockers:
         hf_model = _remote_model(cfg, state, bypass, **special)

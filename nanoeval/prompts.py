@@ -2,6 +2,7 @@
 
 `seed`: the original's 15 coherence prompts (docs/original-runs.md, "Evaluation"). Its bash double quotes left "\\n" as
 a literal backslash-n; here they are real newlines, which is what the prompts mean.
+`seed+completions` (the default of `nanoeval score`): both, seed first.
 `completions`: signatures of `fn` items found with tree-sitter in the dataset's test split (files separated by
 `<eos>`), cut just after the opening `{` of the body, so the model writes the body. Deterministic.
 A file: one JSON object per line with a string "prompt" (blank lines are skipped).
@@ -33,11 +34,13 @@ SEED_PROMPTS: tuple[str, ...] = (
 )
 
 MAX_SIGNATURE_CHARS = 400  # longer signatures (huge where-clauses) are skipped: they crowd the context
+MAX_SIGNATURES_PER_FILE = 64  # signatures read from one file (the later ones are used only when files run short)
 
 
 def completion_prompts(dataset, n: int = 30, per_file: int = 2, split: str = "test") -> list[str]:
     """Up to `n` function signatures (text up to and including the body's `{`) from `split`, in file order,
-    at most `per_file` from each file so the set spans many files."""
+    at most `per_file` from each file so the set spans many files; a split with too few files for `n` gives
+    more per file (in rounds of `per_file` over its files)."""
     import numpy as np
     import tree_sitter
     import tree_sitter_rust
@@ -53,16 +56,23 @@ def completion_prompts(dataset, n: int = 30, per_file: int = 2, split: str = "te
     ends = np.flatnonzero(tokens == EOS_ID)
     starts = np.concatenate(([0], ends + 1))
     out: list[str] = []
+    rest: list[list[str]] = []  # each file's signatures beyond the first `per_file`
     for start, end in zip(starts, np.concatenate((ends, [len(tokens)]))):
         if end <= start:
             continue
         text = dataset.tokenizer.decode(tokens[start:end].tolist(), skip_special_tokens=True)
-        out.extend(_signatures(parser, text.encode("utf-8"), per_file))
+        found = _signatures(parser, text.encode("utf-8"), MAX_SIGNATURES_PER_FILE)
+        out.extend(found[:per_file])
+        rest.append(found[per_file:])
         if len(out) >= n:
             return out[:n]
+    while len(out) < n and any(rest):
+        for i, more in enumerate(rest):
+            out.extend(more[:per_file])
+            rest[i] = more[per_file:]
     if not out:
         raise UserError(f"{dataset.folder}: no `fn` items found in the {split} split")
-    return out
+    return out[:n]
 
 
 def _signatures(parser, code: bytes, limit: int) -> list[str]:
@@ -108,11 +118,12 @@ def load_prompt_file(path: str | Path) -> list[str]:
 
 
 def resolve_prompts(spec: str, dataset=None, n: int = 30) -> list[str]:
-    """`seed`, `completions` (needs `dataset`) or a path to a JSONL prompt file."""
+    """`seed`, `completions` (needs `dataset`), `seed+completions` (both, seed first) or a path to a JSONL prompt
+    file."""
     if spec == "seed":
         return list(SEED_PROMPTS)
-    if spec == "completions":
+    if spec in ("completions", "seed+completions"):
         if dataset is None:
-            raise UserError("--prompts completions: needs a dataset (--data DIR)")
-        return completion_prompts(dataset, n=n)
+            raise UserError(f"--prompts {spec}: needs a dataset (--data DIR)")
+        return (list(SEED_PROMPTS) if spec.startswith("seed") else []) + completion_prompts(dataset, n=n)
     return load_prompt_file(spec)

@@ -217,21 +217,52 @@ def _causal_cell(run: RunData) -> str:
     return f"no ({len(layers)} layers bypassed)" if layers else "no"
 
 
+def _ci(value: Any, ci: Any, digits: int = 4) -> str:
+    """`value [lo, hi]` (the 95% interval a score report stores), or the value alone without one."""
+    if value is None or not ci:
+        return _f(value, digits)
+    return f"{_f(value, digits)} [{ci[0]:.{digits - 1}f}, {ci[1]:.{digits - 1}f}]"
+
+
 def summary_rows(runs: list[RunData]) -> list[list[str]]:
-    """Executive summary rows: model, architecture, steps, final train loss, val CE, bpb, valid rate, causal."""
+    """Executive summary rows: model, architecture, steps, final train loss, val CE, bpb, valid rate (each with
+    its 95% interval when scored), samples, causal."""
     by_name = {r.name: r for r in runs}
     rows = []
     for r in runs:
-        val_ce = _f(r.heldout.get("ce"))
+        val_ce = _ci(r.heldout.get("ce"), r.heldout.get("ce_ci"))
         if r.heldout.get("ce") is None and r.val:
             val_ce = _f(r.val[-1].get("val_ce")) + (" (train mode)" if r.causal is False else "")
-        bpb = _f(r.heldout.get("bpb"))
+        bpb = _ci(r.heldout.get("bpb"), r.heldout.get("bpb_ci"))
         if r.heldout.get("bpb") is None and r.val:
             bpb = _f(r.val[-1].get("val_bpb")) + (" (train mode)" if r.causal is False else "")
+        rate = _ci(r.generation.get("valid_rate"), (r.generation.get("intervals") or {}).get("valid_rate"), 3)
         rows.append([f"**{r.name}**", architecture(r.model), _steps_cell(r, _origin(r, by_name)),
-                     _f(r.last and r.last.get("loss")), val_ce, bpb, _f(r.generation.get("valid_rate"), 3),
+                     _f(r.last and r.last.get("loss")), val_ce, bpb, rate, _f(r.generation.get("n_samples")),
                      _causal_cell(r)])
     return rows
+
+
+def _compare_rows(runs: list[RunData]) -> list[dict]:
+    """`nanoeval compare` rows of the scored runs (for the pairwise tests)."""
+    from nanoeval.report import _row_from_report
+
+    rows = []
+    for r in runs:
+        if r.score is not None:
+            row = _row_from_report(r.score, r.name)
+            row["run"] = r.name
+            rows.append(row)
+    return rows
+
+
+def _pair_verdict(a: dict, b: dict, metric: str) -> str:
+    """The pairwise cell of a vs b for one metric ('val CE' or 'valid rate (tree-sitter)')."""
+    from nanoeval.report import pairwise
+
+    spec = {"val CE": ("val CE", "ce", "heldout", False),
+            "valid rate": ("valid rate (tree-sitter)", "valid_rate_tree_sitter", "valid_tree_sitter", True)}[metric]
+    return pairwise(a, b, [spec])[0]
 
 
 def _nearest(rows: list[dict[str, Any]], step: float) -> dict[str, Any] | None:
@@ -308,21 +339,37 @@ def findings(runs: list[RunData]) -> list[str]:
             else:
                 out.append(f"**{r.name} is not causal** (bidirectional wavefield layers): its training loss "
                            f"({_f(loss)}) reads future tokens; score it to measure its causal-path CE.")
+    compared = {row["run"]: row for row in _compare_rows(runs)}
     if scored_causal:
         best = min(scored_causal, key=lambda x: x.heldout["ce"])
-        others = ", ".join(f"{x.name} {_f(x.heldout['ce'])}" for x in scored_causal if x is not best)
-        out.append(f"**Lowest causal held-out CE: {best.name}** ({_f(best.heldout['ce'])} nats/token, "
-                   f"{_f(best.heldout.get('bpb'))} bits/byte)" + (f"; others: {others}." if others else "."))
-    rated = [r for r in runs if r.generation.get("valid_rate") is not None]
+        others = [x for x in scored_causal if x is not best]
+        text = (f"**Lowest causal held-out CE: {best.name}** ({_ci(best.heldout['ce'], best.heldout.get('ce_ci'))} "
+                f"nats/token, {_f(best.heldout.get('bpb'))} bits/byte)")
+        if others and best.name in compared:
+            verdicts = [f"vs {x.name} {_f(x.heldout['ce'])}: "
+                        f"{_pair_verdict(compared[best.name], compared[x.name], 'val CE')}"
+                        for x in others if x.name in compared]
+            text += "; paired over the same documents (difference [95% interval]: winner) " + "; ".join(verdicts)
+        out.append(text + ".")
+    rated = [r for r in runs if r.generation.get("valid_rate") is not None and r.name in compared]
     if len(rated) > 1:
-        top_rate = max(x.generation["valid_rate"] for x in rated)
-        tops = [x for x in rated if x.generation["valid_rate"] == top_rate]
-        rest = ", ".join(f"{x.name} {_f(x.generation['valid_rate'], 3)}" for x in rated if x not in tops)
-        if len(tops) == len(rated):
-            out.append(f"**Tree-sitter valid rate ties** at {_f(top_rate, 3)} for every scored run.")
-        else:
-            out.append(f"**Highest tree-sitter valid rate: {', '.join(x.name for x in tops)}** ({_f(top_rate, 3)}); "
-                       f"{rest}.")
+        top = max(rated, key=lambda x: x.generation["valid_rate"])
+        verdicts = [f"vs {x.name} {_f(x.generation['valid_rate'], 3)}: "
+                    f"{_pair_verdict(compared[top.name], compared[x.name], 'valid rate')}"
+                    for x in rated if x is not top]
+        distinct = [v for v in verdicts if v.endswith(f": {top.name}")]
+        head = (f"**Highest tree-sitter valid rate: {top.name}**" if len(distinct) == len(verdicts)
+                else f"**Tree-sitter valid rate: {top.name} is highest ({_f(top.generation['valid_rate'], 3)})"
+                     f", but not distinguishable from every other run**")
+        rate_ci = (top.generation.get("intervals") or {}).get("valid_rate")
+        out.append(f"{head} ({_ci(top.generation['valid_rate'], rate_ci, 3)} "
+                   f"over {top.generation.get('n_samples')} samples); paired over the same prompts: "
+                   + "; ".join(verdicts) + ".")
+    sets = {(r.heldout.get("tokens_sha256"), r.heldout.get("n_tokens")) for r in runs if r.heldout}
+    if len(sets) > 1:
+        out.append("**The runs' held-out CE was measured on different tokens** (their validation windows differ: "
+                   "batch_size, seq_len or eval_batches), so their CE is not compared pairwise; set [score] "
+                   "heldout_tokens in the session file to measure every run on the same tokens.")
     for r in runs:
         parent_name = r.record.get("resume_from")
         parent = by_name.get(parent_name) if parent_name else None
@@ -419,13 +466,20 @@ def build_report(folder: str | Path) -> str:
     lines += [f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{folder}`. Devices: "
               f"{', '.join(state.get('devices', []))}; scale: {state.get('scale')}; dataset: "
               f"`{state.get('dataset')}`.", "", "## Executive summary", ""]
-    lines += _table(["Model", "Architecture", "Steps", "Final loss", "Val CE", "bpb", "Valid rate", "Causal"],
-                    summary_rows(runs))
+    lines += _table(["Model", "Architecture", "Steps", "Final loss", "Val CE", "bpb", "Valid rate", "Samples",
+                     "Causal"], summary_rows(runs))
     lines += ["", _timing(runs)]
     lines += ["", "Final loss: the training objective (label smoothing, MTP included) of the last logged interval. "
-              "Val CE (nats/token) and bpb: `nanoeval score` on the val split, on the causal path generation uses "
-              "(non-causal layers bypassed); the trainer's last validation when a run is not scored. Valid rate: "
-              "share of sampled completions that tree-sitter parses (truncation-aware).", ""]
+              "Val CE (nats/token) and bpb: `nanoeval score` on the run's validation tokens of the val split, on "
+              "the causal path generation uses (non-causal layers bypassed); the trainer's last validation when a "
+              "run is not scored. Valid rate: share of sampled completions that tree-sitter parses "
+              "(truncation-aware). [95% intervals]: CE/bpb bootstrapped over documents, valid rate Wilson over "
+              "samples.", ""]
+    from nanoeval.report import pairwise_lines
+
+    pairs = pairwise_lines(_compare_rows(runs))
+    if pairs:
+        lines += pairs + [""]
     found = findings(runs)
     if found:
         lines += ["**Key findings** (computed from this session's numbers):", ""]

@@ -42,9 +42,10 @@ SCALE_TRAIN: dict[str, dict[str, Any]] = {
     # 500 steps reached 1.338 val bits/byte, so the run was lengthened to 600). A 256-wide model trained for a few
     # hundred steps needs larger steps than the full scale's 275M/10k-step values: on rust-default, after 40 steps
     # of B=8, CE was 7.44 with (0.012, 1e-4), 6.68 with (0.03, 3e-4), 6.18 with (0.03, 1e-3) and 6.22 with
-    # (0.06, 1e-3). eval_batches 8 x 16 x 256 tokens covers the default dataset's whole val split (35k tokens).
+    # (0.06, 1e-3). eval_batches 16 x 16 x 256 = 65,536 tokens: the first 65,536 tokens of the val split, which
+    # `nanoeval score` measures too by default (one val CE per checkpoint).
     "tiny": dict(batch_size=16, seq_len=256, total_steps=600, warmup_steps=30, lr=0.03, lion_lr=1e-3,
-                 log_every=10, eval_every=100, eval_batches=8, ckpt_every=100, dtype="bf16"),
+                 log_every=10, eval_every=100, eval_batches=16, ckpt_every=100, dtype="bf16"),
 }
 
 

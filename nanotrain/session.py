@@ -51,13 +51,16 @@ SESSION_KEYS = {"name", "description"}
 TOP_KEYS = {"session", "run", "score"}
 
 # `nanoeval score` settings per scale (tiny settings at tiny scale); the file's [score] table overrides them.
+# (15 seed + 120 completion prompts) x 2 = 270 samples: a valid rate near 0.2 gets a 95% interval of about +-0.05.
+# heldout_tokens None: each run's own validation tokens (`nanoeval score`'s default), the same for every run of a
+# session whose runs share batch_size, seq_len and eval_batches; the report says when they differ.
 SCORE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(prompts="seed", samples_per_prompt=1, max_new_tokens=64, heldout_tokens=16384, temperature=0.7,
-                 seed=0),
-    "small": dict(prompts="seed", samples_per_prompt=2, max_new_tokens=128, heldout_tokens=32768, temperature=0.7,
-                  seed=0),
-    "full": dict(prompts="seed", samples_per_prompt=2, max_new_tokens=256, heldout_tokens=131072, temperature=0.7,
-                 seed=0),
+    "tiny": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=64,
+                 heldout_tokens=None, temperature=0.7, seed=0),
+    "small": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=128,
+                  heldout_tokens=None, temperature=0.7, seed=0),
+    "full": dict(prompts="seed+completions", n_prompts=120, samples_per_prompt=2, max_new_tokens=256,
+                 heldout_tokens=None, temperature=0.7, seed=0),
 }
 
 
@@ -152,6 +155,8 @@ def _check_type(where: str, key: str, value: Any, kind: type, choices: tuple[Any
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):  # a count for an `N|all` flag
+        value, ok = str(value), True
     if not ok:
         what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
         raise UserError(f"{where}: key '{key}' must be {what}, got {value!r}")
@@ -515,7 +520,7 @@ def score_command(plan: Plan, run: RunSpec, slot: Slot, runs_dir: Path, data: Pa
            "--inference-mode", "bypass", "--device", "cpu" if slot.gpu is None else "cuda"]
     flags = score_cli().flags
     for key, value in s.items():
-        if key != "enabled":
+        if key != "enabled" and value is not None:
             cmd += [flags[key].option, str(value)]
     if data is not None:
         cmd += ["--data", str(data)]
@@ -584,8 +589,10 @@ def format_plan(plan: Plan, runs_dir: Path, data: Path | None = None, launcher: 
                          + (f"  [{extra}]" if extra else ""))
     s = score_settings(plan)
     if s["enabled"]:
+        held = ("the run's validation tokens" if s["heldout_tokens"] is None
+                else f"{s['heldout_tokens']} held-out tokens")
         lines.append(f"then: nanoeval score each final ({s['prompts']} prompts x {s['samples_per_prompt']}, "
-                     f"{s['max_new_tokens']} new tokens, {s['heldout_tokens']} held-out tokens) -> <run>/score.json")
+                     f"{s['max_new_tokens']} new tokens, {held}) -> <run>/score.json")
     lines.append("commands (each logs to <run>/train.log):")
     for p in plan.placements:
         env = "CUDA_VISIBLE_DEVICES=" + slot_env(p.slot)["CUDA_VISIBLE_DEVICES"]

@@ -466,7 +466,9 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out CE (nats/token), bits/byte and entropy on the val split: the same windows every time."""
+        """Held-out CE (nats/token), bits/byte and entropy on the val split: the same windows every time, the first
+        eval_batches x batch_size windows of seq_len whatever the world size (`nanoeval score` measures these by
+        default: `nanoeval.heldout.validation_tokens`)."""
         tokens = self.dataset.tokens("val")
         T = self.train_cfg.seq_len
         if len(tokens) < T + 1:

@@ -31,12 +31,13 @@ def pytest_configure(config) -> None:
 @pytest.fixture(scope="session")
 def fixture_dataset(tmp_path_factory) -> Path:
     """A dataset folder built once per session from tests/fixtures/rust with `nanotrain data build` (vocab 512,
-    parse filter on, 70/15/15 split so val and test hold several files)."""
+    parse filter on, 70/15/15 split by file so val and test hold several files: the corpus has no Cargo.toml and
+    its folders are too few crates for a crate split)."""
     from nanotrain.cli import main
 
     out = tmp_path_factory.mktemp("dataset") / "fixture-rust"
     rc = main(["data", "build", "--src", str(FIXTURES / "rust"), "--out", str(out), "--vocab", "512",
-               "--split", "70/15/15", "--workers", "1"])
+               "--split", "70/15/15", "--split-by", "file", "--workers", "1"])
     assert rc == 0, "nanotrain data build failed on tests/fixtures/rust"
     return out
 

@@ -1,4 +1,4 @@
-"""`nanoeval compare`: runs side by side (score reports or checkpoint folders), with bootstrap intervals."""
+"""`nanoeval compare`: runs side by side (score reports or checkpoint folders), with intervals and pairwise tests."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ def register(sub) -> None:
         "compare",
         help="side-by-side table of runs from score reports or checkpoint folders",
         description="Print a markdown table comparing runs: params, steps, train loss, val CE, bits/byte, valid "
-                    "rate (tree-sitter's or rustc's), bracket balance, distinct-3 (with bootstrap 95%% intervals "
-                    "over samples), causal and inference mode. A checkpoint folder uses its score.json when "
-                    "present (run `nanoeval score` first for generation metrics), else only its training metrics.",
+                    "rate (tree-sitter's or rustc's), bracket balance, distinct-3 (each with its 95% interval), "
+                    "causal and inference mode; each run's step and sampling settings (with a warning when the "
+                    "reports differ in them); and every pair's differences with a paired bootstrap 95% interval, "
+                    "naming a winner only when the interval excludes zero. A checkpoint folder uses its "
+                    "score.json when present (run `nanoeval score` first for generation metrics), else only its "
+                    "training metrics.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="score report JSON files, checkpoint folders or run folders")

@@ -78,9 +78,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate a completion for one prompt",
-        description="Generate a completion for --prompt from a checkpoint (or a transformers folder, --hf) with nanoeval's inference engine. The prompt "
-                    "is echoed, then the completion streams in as it is sampled. Prompt escapes like \\n are "
-                    "NOT interpreted: use real newlines (e.g. $'fn main() {\\n').",
+        description="Generate a completion for --prompt from a checkpoint (or a transformers folder, --hf) with "
+                    "nanoeval's inference engine. The prompt is echoed, then the completion streams in as it is "
+                    "sampled. Prompt escapes like \\n are NOT interpreted: use real newlines (e.g. $'fn main() {\\n').",
     )
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="text to continue ('' starts from <eos>, a new file)")

@@ -22,18 +22,24 @@ def register(sub) -> None:
                     "when that differs from the dataset's).",
     )
     add_model_args(p)
-    p.add_argument("--prompts", default="seed",
-                   help="seed (the original's 15 prompts, default), completions (fn signatures cut from the "
-                        "dataset's test split) or a JSONL file of {\"prompt\": ...} lines")
-    p.add_argument("--n-prompts", type=int, default=30, help="how many completion prompts (default 30)")
-    p.add_argument("--samples-per-prompt", type=int, default=2, help="samples per prompt (default 2)")
+    p.add_argument("--prompts", default="seed+completions",
+                   help="seed+completions (default: the original's 15 prompts plus --n-prompts fn signatures cut "
+                        "from the dataset's test split), seed, completions, or a JSONL file of {\"prompt\": ...} "
+                        "lines")
+    p.add_argument("--n-prompts", type=int, default=DEFAULT_N_PROMPTS,
+                   help=f"how many completion prompts (default {DEFAULT_N_PROMPTS})")
+    p.add_argument("--samples-per-prompt", type=int, default=2,
+                   help="samples per prompt (default 2: with the defaults (15 + 120) x 2 = 270 samples, so a valid "
+                        "rate near 0.2 has a 95%% interval of about +-0.05)")
     add_sampling_args(p, max_new_tokens=128)
     p.add_argument("--batch-size", type=int, default=32, help="samples decoded together (default 32)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset folder for held-out loss and completion prompts (default: the default dataset of "
                         "the checkpoint's scale, if its tokenizer matches the checkpoint's)")
-    p.add_argument("--heldout-tokens", type=int, default=32768,
-                   help="held-out tokens to score (default 32768; 0 = skip held-out loss)")
+    p.add_argument("--heldout-tokens", default=None, metavar="N|all",
+                   help="predicted tokens of the val split to score, from its start in windows of the run's seq_len "
+                        "(default: the tokens the run's own validation measured, eval_batches x batch_size x "
+                        "seq_len, so a checkpoint has one val CE; all: the whole split; 0: skip held-out loss)")
     p.add_argument("--out", type=Path, default=None, help="report path (default <ckpt>/score.json)")
     p.add_argument("--metrics", choices=("default", "seed"), default="default",
                    help="default, or also the original's heuristic coherence metrics (seed)")
@@ -42,6 +48,38 @@ def register(sub) -> None:
                         "(token-limit fragments rarely compile; the rate is strict)")
     add_validator_args(p, compile_check=True)
     p.set_defaults(func=_run)
+
+
+DEFAULT_N_PROMPTS = 120
+
+
+def parse_heldout_tokens(text: str | None) -> int | None:
+    """--heldout-tokens: None (the run's validation tokens), a count >= 0, or `all` (-1)."""
+    from nanotrain.errors import UserError
+
+    if text is None:
+        return None
+    if text == "all":
+        return -1
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UserError(f"--heldout-tokens {text}: expected a token count >= 0 (0 = skip held-out loss) or 'all'")
+    return n
+
+
+def heldout_plan(heldout_tokens: int | None, config_json: dict) -> tuple[int | None, int | None]:
+    """(max tokens, window length) for `evaluate_heldout` from --heldout-tokens and the checkpoint's config:
+    None (default) = the run's validation tokens; -1 = the whole split. Windows are the run's seq_len."""
+    from nanoeval.heldout import validation_tokens
+
+    trained = validation_tokens(config_json.get("train") or (config_json.get("nanolab") or {}).get("train") or {})
+    seq_len = trained[1] if trained else None
+    if heldout_tokens is None:
+        return (trained[0] if trained else None), seq_len
+    return (None if heldout_tokens < 0 else heldout_tokens), seq_len
 
 
 def resolve_dataset(data: Path | None, loaded, needed: bool):
@@ -77,8 +115,7 @@ def check_args(args):
     config = sampling_config(args)
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
-    if args.heldout_tokens < 0:
-        raise UserError(f"--heldout-tokens {args.heldout_tokens}: must be >= 0 (0 = skip)")
+    parse_heldout_tokens(args.heldout_tokens)
     return config
 
 
@@ -96,25 +133,27 @@ def _run(args) -> int:
 
     t0 = time.perf_counter()
     config = check_args(args)
+    args.heldout_tokens = parse_heldout_tokens(args.heldout_tokens)
     args.device = str(resolve_device(args.device))
     rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" or args.compile_check else None
     loaded, ids = load_model(args, dtype=torch.float32)
     engine = Engine(loaded.model, loaded.tokenizer, inference_mode=args.inference_mode, batch_size=args.batch_size,
                     **ids)
-    need_data = args.heldout_tokens > 0 or args.prompts == "completions"
+    need_data = args.heldout_tokens != 0 or args.prompts in ("completions", "seed+completions")
     dataset = heldout_data = None
     if need_data:
         dataset = resolve_dataset(args.data, loaded, need_data)
         heldout_data = dataset
-        if args.hf is not None:
+        if args.hf is not None and dataset is not None:
             from nanoeval.hf import RetokenizedSplits, same_tokenizer
 
             if not same_tokenizer(dataset.tokenizer, loaded.tokenizer):
                 heldout_data = RetokenizedSplits(dataset, loaded.tokenizer, loaded.eos_id)
     prompts = resolve_prompts(args.prompts, dataset, n=args.n_prompts)
     heldout = None
-    if args.heldout_tokens > 0:
-        heldout = evaluate_heldout(loaded.model, heldout_data, split="val", max_tokens=args.heldout_tokens,
+    if args.heldout_tokens != 0:
+        max_tokens, seq_len = heldout_plan(args.heldout_tokens, loaded.config_json)
+        heldout = evaluate_heldout(loaded.model, heldout_data, split="val", max_tokens=max_tokens, seq_len=seq_len,
                                    inference_mode=args.inference_mode, progress=True)
     batch = [p for p in prompts for _ in range(args.samples_per_prompt)]
     generation = engine.generate(batch, config, progress=True)

@@ -23,8 +23,19 @@ def register(sub) -> None:
     b.add_argument("--src", type=Path, nargs="+", required=True, metavar="DIR", help="folders of .rs files")
     b.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     b.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size incl. <pad>, <eos> (max 65535)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the file split and order")
-    b.add_argument("--split", default="98/1/1", help="train/val/test proportions by file (default 98/1/1)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split and of the file order")
+    b.add_argument("--split", default="98/1/1",
+                   help="train/val/test shares of the corpus (default 98/1/1); with --split-by crate val and test "
+                        "also fill up to the --heldout-min-* floor")
+    b.add_argument("--split-by", choices=("crate", "file"), default="crate",
+                   help="crate (default): every crate (package: the nearest Cargo.toml) lands in one split, so val "
+                        "and test crates are never trained on; file: each file hashed on its own")
+    b.add_argument("--heldout-min-files", type=int, default=100,
+                   help="crate split: val and test each get at least this many files where the corpus allows "
+                        "(default 100)")
+    b.add_argument("--heldout-min-tokens", type=int, default=250_000,
+                   help="crate split: val and test each get at least this many tokens where the corpus allows "
+                        "(default 250000; estimated from bytes before tokenizing)")
     b.add_argument("--parse-filter", action=argparse.BooleanOptionalAction, default=True,
                    help="keep only files tree-sitter-rust parses without errors (default on)")
     b.add_argument("--allow-empty-split", action="store_true",
@@ -52,7 +63,8 @@ def _build(args) -> int:
 
     meta = build_dataset(args.src, args.out, vocab_size=args.vocab, seed=args.seed, split=args.split,
                          parse_filter=args.parse_filter, force=args.force, workers=args.workers,
-                         allow_empty_splits=args.allow_empty_split)
+                         allow_empty_splits=args.allow_empty_split, split_by=args.split_by,
+                         heldout_min_files=args.heldout_min_files, heldout_min_tokens=args.heldout_min_tokens)
     print(format_stats(meta, args.out))
     return 0
 
@@ -69,19 +81,27 @@ def format_stats(meta: dict, folder: Path) -> str:
     """A readable summary of a dataset's meta.json."""
     lines = [f"dataset {folder}  (schema {meta.get('schema_version')}, built {meta.get('built_at')} "
              f"in {meta.get('build_seconds')} s)"]
-    lines.append(f"vocab {meta['vocab_size']}  seed {meta['seed']}  split {meta['split']}  "
+    from nanotrain.data.shards import heldout_floor_notes, split_rule
+
+    rule = split_rule(meta)
+    how = ("by file" if rule["by"] == "file" else
+           f"by crate (val and test: >= {rule['heldout_min_files']:,} files and {rule['heldout_min_tokens']:,} "
+           f"tokens each where the corpus allows, at most {rule['heldout_max_share']:.0%} of it)")
+    lines.append(f"vocab {meta['vocab_size']}  seed {meta['seed']}  split {meta['split']} {how}  "
                  f"tokenizer sha256 {meta['tokenizer_sha256'][:16]}…")
     lines.append("")
-    lines.append(f"{'split':<6} {'files':>8} {'bytes':>14} {'tokens':>14} {'bytes/token':>12}")
+    lines.append(f"{'split':<6} {'files':>8} {'crates':>7} {'bytes':>14} {'tokens':>14} {'bytes/token':>12}")
     tot = {"files": 0, "bytes": 0, "tokens": 0}
     for s in ("train", "val", "test"):
         m = meta["splits"][s]
         for k in tot:
             tot[k] += m[k]
         bpt = f"{m['bytes_per_token']:.3f}" if m.get("bytes_per_token") else "-"
-        lines.append(f"{s:<6} {m['files']:>8,} {m['bytes']:>14,} {m['tokens']:>14,} {bpt:>12}")
+        crates = f"{m['crates']:,}" if m.get("crates") is not None else "-"
+        lines.append(f"{s:<6} {m['files']:>8,} {crates:>7} {m['bytes']:>14,} {m['tokens']:>14,} {bpt:>12}")
     bpt = f"{tot['bytes'] / tot['tokens']:.3f}" if tot["tokens"] else "-"
-    lines.append(f"{'total':<6} {tot['files']:>8,} {tot['bytes']:>14,} {tot['tokens']:>14,} {bpt:>12}")
+    lines.append(f"{'total':<6} {tot['files']:>8,} {'':>7} {tot['bytes']:>14,} {tot['tokens']:>14,} {bpt:>12}")
+    lines += [f"note: {n}" for n in heldout_floor_notes(meta)]
     lines.append("")
     rt = meta.get("roundtrip", {})
     lines.append(f"files seen {meta['files_seen']:,}, kept {meta['files_kept']:,}, duplicates dropped "

@@ -54,8 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     from nanotrain.errors import UserError
     from nanotrain.paths import default_runs_dir
-    from nanotrain.session import (Runner, build_plan, check_resumable_scale, format_plan, load_session,
-                                   resolve_scale, resolve_slots)
+    from nanotrain.session import (
+        Runner,
+        build_plan,
+        check_resumable_scale,
+        format_plan,
+        load_session,
+        resolve_scale,
+        resolve_slots,
+    )
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")

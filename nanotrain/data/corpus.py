@@ -1,13 +1,24 @@
-"""Collect Rust source files: walk folders, skip what is not training material, drop duplicates, split by file.
+"""Collect Rust source files: walk folders, skip what is not training material, drop duplicates, split them.
 
-Every skipped file is counted by reason (nothing here is fatal). The split of a file is a pure function of its
-content and the seed, so adding or removing other files never moves a file between train/val/test.
+Every skipped file is counted by reason (nothing here is fatal). Two split rules:
+
+- `crate` (the default): every file of a crate lands in the same split, so val and test crates are never seen in
+  training. A file's crate is the `[package] name` of the nearest Cargo.toml above it (so two versions of a crate
+  are one crate), else that Cargo.toml's folder; the files of a folder with no Cargo.toml above it form one
+  crate. Crates are taken in an order hashed from their name and the seed: val, then test, take crates until
+  they reach their share of the corpus bytes and the floor (`HELDOUT_MIN_FILES` files, `HELDOUT_MIN_TOKENS`
+  tokens estimated from bytes), without growing past `HELDOUT_MAX_SHARE` of the corpus (or their share, if
+  larger); a crate too big to fit is skipped (when every crate is, the split takes the smallest one). So the
+  split depends on which crates the corpus holds, and a small corpus gets held-out splits below the floor.
+- `file`: the split of a file is a pure function of its content and the seed, so adding or removing other files
+  never moves a file between train/val/test; files of one crate can sit on both sides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +33,12 @@ EXCLUDED_DIRS = frozenset({"target", "vendor", ".git", ".hg", ".svn", "node_modu
 # Generated or vendored subtrees, matched as consecutive path components.
 EXCLUDED_SUBPATHS = (("library", "stdarch"),)
 
+SPLIT_RULES = ("crate", "file")
+HELDOUT_MIN_FILES = 100  # floor on the files of a held-out split (crate rule), where the corpus allows
+HELDOUT_MIN_TOKENS = 250_000  # floor on the tokens of a held-out split (crate rule), where the corpus allows
+HELDOUT_MAX_SHARE = 0.10  # the floor never makes a held-out split take more of the corpus bytes than this
+EST_BYTES_PER_TOKEN = 3.3  # the token floor in bytes (the split comes before the tokenizer); Rust BPE 4k: ~3.0-3.2
+
 SKIP_REASONS = ("excluded_path", "empty", "too_small", "too_large", "binary", "non_utf8", "unreadable")
 
 
@@ -33,6 +50,7 @@ class SourceFile:
     text: str
     sha256: str
     nbytes: int
+    crate: str = ""  # the crate (package) the file belongs to; see the module doc
 
 
 @dataclass
@@ -65,6 +83,45 @@ def split_of(sha256: str, seed: int, fractions: tuple[float, float, float]) -> s
     if u < fractions[0] + fractions[1]:
         return "val"
     return "test"
+
+
+def crate_order_key(crate: str, seed: int) -> str:
+    """Crates are offered to the held-out splits in this (name-hashed) order."""
+    return hashlib.sha256(f"crate:{seed}:{crate}".encode()).hexdigest()
+
+
+def assign_crate_splits(files: list[SourceFile], seed: int, fractions: tuple[float, float, float], *,
+                        min_files: int = HELDOUT_MIN_FILES, min_tokens: int = HELDOUT_MIN_TOKENS,
+                        max_share: float = HELDOUT_MAX_SHARE) -> dict[str, str]:
+    """The split of every crate of `files` under the crate rule (see the module doc): {crate: split}."""
+    n_files: Counter = Counter()
+    n_bytes: Counter = Counter()
+    for f in files:
+        n_files[f.crate] += 1
+        n_bytes[f.crate] += f.nbytes
+    order = sorted(n_files, key=lambda c: crate_order_key(c, seed))
+    total = sum(n_bytes.values())
+    where: dict[str, str] = {}
+    for split, fraction in zip(SPLITS[1:], fractions[1:]):
+        if fraction <= 0:
+            continue
+        target = max(fraction * total, min_tokens * EST_BYTES_PER_TOKEN)
+        cap = max(fraction * total, max_share * total)
+        have_files = have_bytes = 0
+        for crate in order:
+            if crate in where or have_bytes + n_bytes[crate] > cap:
+                continue
+            if len(where) + 1 >= len(order):
+                break  # the last unassigned crate stays in train
+            where[crate] = split
+            have_files += n_files[crate]
+            have_bytes += n_bytes[crate]
+            if have_bytes >= target and have_files >= min_files:
+                break
+        free = [c for c in order if c not in where]
+        if not have_files and len(free) > 1:  # every crate is bigger than the cap: the smallest one
+            where[min(free, key=lambda c: n_bytes[c])] = split
+    return {c: where.get(c, "train") for c in order}
 
 
 def order_key(sha256: str, seed: int) -> str:
@@ -122,6 +179,7 @@ def collect(sources: list[Path], progress: bool = True) -> Collection:
         if not src.is_dir():
             raise UserError(f"--src {src}: not a folder")
     bar = tqdm(desc="reading .rs files", unit=" files", disable=not progress, mininterval=0.5)
+    manifests: dict[Path, str | None] = {}
     for src in sources:
         label = src.resolve().name
         for path, parts in iter_rust_paths(src):
@@ -148,12 +206,36 @@ def collect(sources: list[Path], progress: bool = True) -> Collection:
                 out.duplicates += 1
                 continue
             by_hash.add(sha)
-            out.files.append(SourceFile("/".join((label, *parts)), data.decode("utf-8"), sha, len(data)))
+            out.files.append(SourceFile("/".join((label, *parts)), data.decode("utf-8"), sha, len(data),
+                                        crate_of(src, label, parts, manifests)))
     bar.close()
     if not out.files and out.seen == 0:
         where = ", ".join(str(s) for s in sources)
         raise UserError(f"--src {where}: no .rs files found")
     return out
+
+
+def crate_of(src: Path, label: str, parts: tuple[str, ...], manifests: dict[Path, str | None]) -> str:
+    """The crate of the file at `src/parts`: see the module doc. `manifests` caches folder -> crate (or None)."""
+    for depth in range(len(parts) - 1, -1, -1):
+        folder = src.joinpath(*parts[:depth])
+        if folder not in manifests:
+            manifests[folder] = _manifest_crate(folder, label, parts[:depth])
+        if manifests[folder] is not None:
+            return manifests[folder]
+    return "/".join((label, *parts[:-1]))
+
+
+def _manifest_crate(folder: Path, label: str, rel: tuple[str, ...]) -> str | None:
+    """The crate named by `folder/Cargo.toml`: its [package] name, else the folder; None without a Cargo.toml."""
+    manifest = folder / "Cargo.toml"
+    if not manifest.is_file():
+        return None
+    try:
+        name = tomllib.loads(manifest.read_text(encoding="utf-8")).get("package", {}).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name else "/".join((label, *rel))
 
 
 _PARSER = None

@@ -39,10 +39,15 @@ def build_dataset(
     tokenizer_train_chars: int = TOKENIZER_TRAIN_CHARS,
     progress: bool = True,
     allow_empty_splits: bool = False,
+    split_by: str = "crate",
+    heldout_min_files: int = corpus.HELDOUT_MIN_FILES,
+    heldout_min_tokens: int = corpus.HELDOUT_MIN_TOKENS,
 ) -> dict:
     """Build a dataset folder at `out` from every .rs file under `sources`. Returns the meta dict.
 
-    A split given a non-zero share that receives no file is refused unless `allow_empty_splits`.
+    `split_by`: crate (every crate in one split, held-out splits filled to a floor of `heldout_min_files` files and
+    `heldout_min_tokens` tokens where the corpus allows) or file (see `nanotrain.data.corpus`). A split given a
+    non-zero share that receives no file is refused unless `allow_empty_splits`.
 
     Written into a temporary sibling and renamed into place, so `out` is never half-written; an existing `out`
     is replaced only with `force`.
@@ -54,6 +59,11 @@ def build_dataset(
     sources = [Path(s) for s in sources]
     check_vocab_size(vocab_size)
     fractions = corpus.parse_split(split)
+    if split_by not in corpus.SPLIT_RULES:
+        raise UserError(f"--split-by {split_by!r}: expected one of {', '.join(corpus.SPLIT_RULES)}")
+    if heldout_min_files < 0 or heldout_min_tokens < 0:
+        raise UserError(f"--heldout-min-files {heldout_min_files} / --heldout-min-tokens {heldout_min_tokens}: "
+                        "must be >= 0")
     workers = max(1, workers or os.cpu_count() or 1)
     if out.exists() and not force:
         raise UserError(f"--out {out}: already exists (pass --force to replace it)")
@@ -77,16 +87,24 @@ def build_dataset(
         raise UserError(f"--src {', '.join(map(str, sources))}: no usable .rs files left after filtering")
 
     by_split: dict[str, list[corpus.SourceFile]] = {s: [] for s in corpus.SPLITS}
-    for f in files:
-        by_split[corpus.split_of(f.sha256, seed, fractions)].append(f)
+    if split_by == "crate":
+        crate_split = corpus.assign_crate_splits(files, seed, fractions, min_files=heldout_min_files,
+                                                 min_tokens=heldout_min_tokens)
+        for f in files:
+            by_split[crate_split[f.crate]].append(f)
+    else:
+        for f in files:
+            by_split[corpus.split_of(f.sha256, seed, fractions)].append(f)
     for s in corpus.SPLITS:
         by_split[s].sort(key=lambda f: corpus.order_key(f.sha256, seed))
     if not by_split["train"]:
         raise UserError("no file landed in the train split (too few files for --split)")
     for s, fraction in zip(corpus.SPLITS, fractions):
         if fraction > 0 and not by_split[s] and not allow_empty_splits:
-            raise UserError(f"--split {split}: no file landed in the {s} split ({len(files)} usable files); give "
-                            f"more files, 0 for {s} to build without it, or --allow-empty-split")
+            raise UserError(f"--split {split}: no file landed in the {s} split ({len(files)} usable files"
+                            + (f" in {_plural(len({f.crate for f in files}), 'crate')}" if split_by == "crate"
+                               else "")
+                            + f"); give more files, 0 for {s} to build without it, or --allow-empty-split")
 
     # Train the tokenizer on the train split only, capped, in the same deterministic order.
     train_texts, n_chars = [], 0
@@ -154,6 +172,7 @@ def build_dataset(
                         bar.update(sum(f.nbytes for f in chunk))
                 splits_meta[s] = {
                     "files": n_files,
+                    "crates": len({f.crate for f in by_split[s]}),
                     "bytes": n_bytes,
                     "tokens": n_tok,
                     "bytes_per_token": round(n_bytes / n_tok, 4) if n_tok else None,
@@ -173,6 +192,7 @@ def build_dataset(
             "seed": seed,
             "split": split,
             "split_fractions": [round(x, 6) for x in fractions],
+            "split_rule": _split_rule(split_by, heldout_min_files, heldout_min_tokens),
             "splits": splits_meta,
             "files_seen": col.seen,
             "files_kept": sum(m["files"] for m in splits_meta.values()),
@@ -187,6 +207,8 @@ def build_dataset(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         meta["tokenizer_train"]["files"] = _count_train_files(by_split["train"], tokenizer_train_chars)
+        if split_by == "crate":
+            meta["heldout_crates"] = {s: sorted({f.crate for f in by_split[s]}) for s in corpus.SPLITS[1:]}
         meta["build_seconds"] = round(time.time() - t0, 2)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
@@ -200,6 +222,39 @@ def build_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _split_rule(split_by: str, min_files: int, min_tokens: int) -> dict:
+    """meta.json's description of how files were split (datasets without it were split by file)."""
+    if split_by == "file":
+        return {"by": "file"}
+    return {"by": "crate", "heldout_min_files": min_files, "heldout_min_tokens": min_tokens,
+            "heldout_max_share": corpus.HELDOUT_MAX_SHARE}
+
+
+def split_rule(meta: dict) -> dict:
+    """The split rule of a dataset's meta.json; datasets built before the crate rule were split by file."""
+    return meta.get("split_rule") or {"by": "file"}
+
+
+def heldout_floor_notes(meta: dict) -> list[str]:
+    """One line per held-out split of a crate-split dataset that stayed below the floor (a small corpus)."""
+    rule = split_rule(meta)
+    if rule["by"] != "crate":
+        return []
+    notes = []
+    for s, fraction in zip(corpus.SPLITS[1:], meta.get("split_fractions", [1, 0, 0])[1:]):
+        m = meta["splits"][s]
+        if fraction > 0 and (m["files"] < rule["heldout_min_files"] or m["tokens"] < rule["heldout_min_tokens"]):
+            notes.append(f"{s}: {m['files']:,} files, {m['tokens']:,} tokens from {m.get('crates', 0)} crates, "
+                         f"below the floor of {rule['heldout_min_files']:,} files and "
+                         f"{rule['heldout_min_tokens']:,} tokens (the corpus has too few crates to spare: a held-out "
+                         f"split takes at most {rule['heldout_max_share']:.0%} of it)")
+    return notes
 
 
 def _remove_dead_temps(out: Path) -> None:
@@ -263,8 +318,9 @@ class Dataset:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{self.folder / 'meta.json'}: corrupt JSON ({e})") from None
         if not isinstance(self.meta, dict) or self.meta.get("schema_version") != SCHEMA_VERSION:
+            version = self.meta.get("schema_version") if isinstance(self.meta, dict) else None
             raise UserError(
-                f"{self.folder / 'meta.json'}: unknown schema_version {self.meta.get('schema_version') if isinstance(self.meta, dict) else None!r} "
+                f"{self.folder / 'meta.json'}: unknown schema_version {version!r} "
                 f"(expected {SCHEMA_VERSION}; rebuild the dataset)"
             )
         try:

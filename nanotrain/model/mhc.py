@@ -54,11 +54,11 @@ stochastic mix preserves it, so that one alpha_logit only ever gets an exact zer
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
+from torch import nn
 
 from nanotrain.flat import FlatMirror
 

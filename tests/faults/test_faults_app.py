@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from regression import spec
 
 from nanotrain.errors import UserError
-
-from regression import spec
 
 if str(spec.REPO) not in sys.path:
     sys.path.insert(0, str(spec.REPO))

@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from regression import spec
 from safetensors.torch import load_file, save_file
 
 from nanotrain import checkpoint as ckpt
-
-from regression import spec
 
 
 @pytest.fixture
@@ -21,8 +20,8 @@ def copy(tmp_path, tiny_checkpoint_factory, one_thread) -> Path:
 
 
 def score(folder: Path, *flags) -> tuple[int, str, str]:
-    return spec.run_cli("nanoeval", "score", "--ckpt", folder, "--heldout-tokens", 0, "--max-new-tokens", 4,
-                        "--out", folder.parent / "score.json", *flags)
+    return spec.run_cli("nanoeval", "score", "--ckpt", folder, "--heldout-tokens", 0, "--prompts", "seed",
+                        "--max-new-tokens", 4, "--out", folder.parent / "score.json", *flags)
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

@@ -36,8 +36,8 @@ def test_bad_files_are_skipped_and_counted_by_reason(tmp_path):
     good_files(src)
     rust = (spec.CORPUS / "sorting.rs").read_bytes()
     (src / "binary.rs").write_bytes(rust[:200] + b"\x00\x01\x02" + rust[200:400])
-    (src / "latin1.rs").write_bytes("// caf\u00e9 na\u00efve r\u00e9sum\u00e9\nfn main() { let s = \"\u00e9\u00e9\"; }\n"
-                                    .encode("latin-1") * 2)
+    latin1 = "// caf\u00e9 na\u00efve r\u00e9sum\u00e9\nfn main() { let s = \"\u00e9\u00e9\"; }\n"
+    (src / "latin1.rs").write_bytes(latin1.encode("latin-1") * 2)
     (src / "empty.rs").write_bytes(b"")
     (src / "tiny.rs").write_bytes(b"fn f() {}\n")
     with open(src / "huge.rs", "wb") as f:  # 2 GB sparse: must be skipped from its size, never read

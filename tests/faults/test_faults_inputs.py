@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from regression import spec
 
 PROMPT = "fn main() {"
@@ -33,7 +32,8 @@ def generate(ckpt: Path, *flags) -> tuple[int, str, str]:
 
 
 def score(ckpt: Path, tmp_path: Path, *flags) -> tuple[int, str, str]:
-    return spec.run_cli("nanoeval", "score", "--ckpt", ckpt, "--heldout-tokens", 0, "--max-new-tokens", 4,
+    return spec.run_cli("nanoeval", "score", "--ckpt", ckpt, "--heldout-tokens", 0, "--prompts", "seed",
+                        "--max-new-tokens", 4,
                         "--out", tmp_path / "score.json", *flags)
 
 
@@ -125,13 +125,13 @@ def test_data_build_refuses_a_split_that_ends_up_empty(tmp_path):
     code, out, err = spec.run_cli("nanotrain", "data", "build", "--src", _small_corpus(tmp_path), "--out",
                                   tmp_path / "ds", "--vocab", 300, "--split", "98/1/1", "--workers", 1)
     assert code == 2 and err.count("nanotrain: error: ") == 1 and "Traceback" not in err, err
-    assert "nanotrain: error: --split 98/1/1: no file landed in the val split (3 usable files)" in err
+    assert "nanotrain: error: --split 98/1/1: no file landed in the val split (3 usable files in 1 crate)" in err
     assert not (tmp_path / "ds").exists()
 
 
 def test_disk_full_while_writing_the_score_report_is_one_line(engram, tmpfs):
     out = tmpfs("4k")
-    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0,
+    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", engram, "--heldout-tokens", 0, "--prompts", "seed",
                                 "--max-new-tokens", 4, "--out", out / "score.json")
     assert code == 2 and err.count("nanoeval: error: ") == 1 and "Traceback" not in err, err
     assert "No space left on device" in err.split("nanoeval: error: ")[1]

@@ -67,7 +67,8 @@ def test_random_finite_bytes_in_the_weights_are_refused_by_score_and_generate(co
     path = copy / ckpt.MODEL_FILE
     finite_noise(path)
     ckpt.read_config(copy)  # header and length are still valid: only the content hash can tell
-    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", copy, "--heldout-tokens", 0, "--max-new-tokens", 4,
+    code, _, err = spec.run_cli("nanoeval", "score", "--ckpt", copy, "--heldout-tokens", 0, "--prompts", "seed",
+                                "--max-new-tokens", 4,
                                 "--out", copy.parent / "score.json")
     one_line(code, err, "nanoeval", str(path), "sha256 mismatch")
     assert not (copy.parent / "score.json").exists()

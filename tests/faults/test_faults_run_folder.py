@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from regression import spec
 
 from nanotrain import checkpoint as ckpt
-
-from regression import spec
 
 from .conftest import spawn_run, step_dirs, train_rows, wait_for
 

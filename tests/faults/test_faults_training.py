@@ -180,12 +180,12 @@ def test_transient_nan_losses_are_skipped_rolled_back_and_the_lr_cut(tmp_path, f
     import dataclasses
     import math
 
+    from regression import spec
+
     from nanotrain.data.shards import Dataset
     from nanotrain.optim.schedule import wsd
     from nanotrain.recipes import get_recipe
     from nanotrain.train import NanGuard, Trainer
-
-    from regression import spec
 
     with spec.micro_scale():
         model_cfg, train_cfg = get_recipe("engram-v1").build("tiny")

@@ -189,8 +189,8 @@ def test_paths_outside_runs_are_refused(client, runs_folder, choice):
 
 
 def table_row(markdown: str, run: str) -> list[str]:
-    rows = [line for line in markdown.splitlines() if line.startswith(f"| {run} |")]
-    assert len(rows) == 1, markdown
+    rows = [line for line in markdown.split("\n\n")[0].splitlines() if line.startswith(f"| {run} |")]
+    assert len(rows) == 1, markdown  # the first table: one row per run
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 

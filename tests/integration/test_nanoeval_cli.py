@@ -97,7 +97,7 @@ def two_reports(tiny_checkpoint_factory, fixture_dataset, tmp_path_factory):
     for recipe in ("engram-v1", "baseline-v1"):
         out = base / f"{recipe}.json"
         assert main(["score", "--ckpt", str(tiny_checkpoint_factory(recipe)), "--data", str(fixture_dataset),
-                     "--out", str(out), "--max-new-tokens", "12", "--heldout-tokens", "256"]) == 0
+                     "--out", str(out), "--max-new-tokens", "12", "--heldout-tokens", "all", "--prompts", "seed"]) == 0
         paths.append(out)
     return paths
 
@@ -109,17 +109,90 @@ def test_compare_reports_and_checkpoint_folder(two_reports, tiny_checkpoint_fact
     assert rc == 0
     table = md.read_text()
     assert table in printed
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = _tables(table)[0]
     assert [r.split("|")[1].strip() for r in rows] == ["run", "engram-v1", "baseline-v1", "haar-v5"]
     reports = [json.loads(p.read_text()) for p in two_reports]
     for row, report in zip(rows[1:3], reports):
         cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert cells[4] == f"{report['heldout']['ce']:.4f}"
-        assert cells[6].startswith(f"{report['generation']['valid_rate']:.3f} [")  # with a bootstrap interval
+        lo, hi = report["heldout"]["ce_ci"]
+        assert cells[4] == f"{report['heldout']['ce']:.4f} [{lo:.3f}, {hi:.3f}]"  # bootstrap over documents
+        assert cells[6].startswith(f"{report['generation']['valid_rate']:.3f} [")  # with a Wilson interval
         assert cells[9] == "30" and cells[10] == "yes" and cells[11] == "causal"
     haar = [c.strip() for c in rows[3].split("|")[1:-1]]
     assert haar[6] == "-" and haar[9] == "0"  # no score report for it: training metrics only
     assert haar[10] == "no" and haar[1].endswith("M")  # causality and size from its config
+    settings, pairs = _tables(table)[1:]
+    assert settings[1].split("|")[1:-1] == [" engram-v1 ", " 4 ", " 12 ", " 0.700 ", " 40 ", " 1.000 ", " 30 ",
+                                            " seed ", f" {reports[0]['heldout']['n_tokens']:,} "]
+    assert "warning" not in table  # both reports were made with the same settings
+    assert [p.split("|")[1].strip() for p in pairs[1:]] == ["engram-v1 vs baseline-v1"]
+
+
+def _tables(text: str) -> list[list[str]]:
+    """The rows (header included, separator left out) of each markdown table in `text`."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("| "):
+            current.append(line)
+        elif line.startswith("|---"):
+            continue
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _report(name: str, valid: list[bool], doc_nll: list[float] | None, max_new_tokens: int = 64) -> dict:
+    """A score report with the given per-sample verdicts and per-document losses (10 tokens per document)."""
+    from nanoeval.report import SCHEMA, sample_intervals
+
+    samples = [{"prompt": f"fn p{i}() {{", "text": "", "finish": "eos", "valid": v, "valid_tree_sitter": v,
+                "valid_rustc": None, "bracket_balance": 1.0, "error_density": 0.0, "distinct_3": 1.0}
+               for i, v in enumerate(valid)]
+    heldout = None
+    if doc_nll is not None:
+        ce = sum(doc_nll) / (10 * len(doc_nll))
+        heldout = {"ce": ce, "bpb": ce / 2, "n_tokens": 10 * len(doc_nll), "doc_tokens": [10] * len(doc_nll),
+                   "doc_nll": doc_nll, "tokens_sha256": "ab" * 32, "ce_ci": None, "bpb_ci": None}
+    return {"schema": SCHEMA,
+            "checkpoint": {"run": name, "recipe": "baseline-v1", "step": 100, "train_loss": 3.0, "val_ce": None},
+            "model": {"params": 1000, "causal": True, "inference_mode": "causal"}, "heldout": heldout,
+            "generation": {"n_samples": len(valid), "valid_rate": sum(valid) / len(valid), "bracket_balance": 1.0,
+                           "distinct_3": 1.0, "prompts": "seed", "intervals": sample_intervals(samples),
+                           "sampling": {"max_new_tokens": max_new_tokens, "temperature": 0.7, "top_k": 40,
+                                        "top_p": 1.0}},
+            "samples": samples}
+
+
+def test_compare_names_a_winner_only_when_the_interval_excludes_zero(tmp_path, capsys):
+    good = [i % 2 == 0 for i in range(200)]  # 0.5
+    reports = {
+        "strong": _report("strong", good, [20.0 + (i % 3) for i in range(40)]),
+        "twin": _report("twin", [not v for v in good], [20.0 + (i % 3) + (0.5 if i % 2 else -0.5) for i in range(40)]),
+        "weak": _report("weak", [i % 10 == 0 for i in range(200)], [30.0 + (i % 3) for i in range(40)]),
+        "legacy": _report("legacy", good, None, max_new_tokens=32),
+    }
+    paths = []
+    for name, report in reports.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    assert main(["compare", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in _tables(out)[2][1:]}
+    # val CE: strong 2.0x vs weak 3.0x over the same 40 documents -> strong; twin is +-0.05 per document, 0 on
+    # average.
+    assert cells["strong vs weak"][0].endswith(": strong")
+    assert cells["strong vs twin"][0].endswith(": not distinguishable")
+    assert cells["strong vs legacy"][0].startswith("no interval")
+    # valid rate: 0.5 vs 0.1 over 200 paired samples -> strong; 0.5 vs 0.5 (other samples) -> no winner.
+    assert cells["strong vs weak"][2].endswith(": strong") and cells["strong vs weak"][2].startswith("+0.400 [")
+    assert cells["strong vs twin"][2].startswith("+0.000 [") and cells["strong vs twin"][2].endswith(
+        ": not distinguishable")
+    main_rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in _tables(out)[0][1:]}
+    assert main_rows["legacy"][3] == "-"  # no held-out loss in that report
+    assert main_rows["strong"][5].startswith("0.500 [0.43, 0.57]")  # Wilson interval of 100/200
+    assert "**warning**: the reports were made with different max new tokens" in out
+    assert "legacy 32" in out
 
 
 def test_compare_bad_input_is_a_user_error(tmp_path, capsys):
@@ -149,7 +222,7 @@ def test_compare_shows_and_ranks_on_either_validator(two_reports, tmp_path, caps
 
     def table(*flags):
         assert main(["compare", *map(str, paths), *flags]) == 0
-        lines = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r]
+        lines = _tables(capsys.readouterr().out)[0]
         return [[c.strip() for c in r.split("|")[1:-1]] for r in lines]
 
     ts = f"{legacy['generation']['valid_rate']:.3f} ["

@@ -12,18 +12,19 @@ import pytest
 from nanoeval.cli import main
 from nanoeval.prompts import SEED_PROMPTS
 
-FAST = ["--max-new-tokens", "16", "--samples-per-prompt", "1", "--heldout-tokens", "512"]
+FAST = ["--max-new-tokens", "16", "--samples-per-prompt", "1", "--heldout-tokens", "512", "--prompts", "seed"]
 
 TOP_LEVEL = {"schema", "created", "nanoeval_version", "wall_seconds", "checkpoint", "model", "heldout", "generation",
              "samples"}
 CHECKPOINT = {"path", "run", "recipe", "step", "train_loss", "val_ce"}
 MODEL = {"params", "param_counts", "causal", "inference_mode", "noncausal_layers"}
 HELDOUT = {"split", "ce", "bpb", "ppl", "entropy", "n_tokens", "seq_len", "inference_mode", "train_mode_ce",
-           "train_mode_gap", "dataset"}
+           "train_mode_gap", "dataset", "n_docs", "ce_ci", "bpb_ci", "tokens_sha256", "selection", "doc_tokens",
+           "doc_nll"}
 GENERATION = {"n_samples", "valid_rate", "bracket_balance", "error_density", "distinct_3", "compile_rate",
               "tok_per_s", "n_tokens", "seconds", "finish", "prompts", "samples_per_prompt", "decode",
               "metrics", "sampling", "validator", "valid_rate_tree_sitter", "valid_rate_rustc",
-              "validator_agreement", "validator_disagreements", "rustc"}
+              "validator_agreement", "validator_disagreements", "rustc", "intervals", "interval_method"}
 SAMPLING = {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed"}
 SAMPLE = {"prompt", "text", "finish", "n_tokens", "prompt_truncated", "valid", "valid_tree_sitter", "valid_rustc",
           "rustc_errors", "bracket_balance", "error_density", "distinct_3", "n_errors", "first_error_line",
@@ -151,7 +152,7 @@ def test_seed_metrics_compile_check_and_prompt_file(tiny_checkpoint_factory, fix
     prompts.write_text('{"prompt": "fn add(a: i32, b: i32) -> i32 {"}\n\n{"prompt": "pub struct P {"}\n')
     out = tmp_path / "r.json"
     rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),
-               "--prompts", str(prompts), "--metrics", "seed", "--compile-check", "--out", str(out), *FAST])
+               *FAST, "--prompts", str(prompts), "--metrics", "seed", "--compile-check", "--out", str(out)])
     assert rc == 0
     r = json.loads(out.read_text())
     assert [s["prompt"] for s in r["samples"]] == ["fn add(a: i32, b: i32) -> i32 {", "pub struct P {"]
@@ -177,6 +178,7 @@ def test_completion_prompts_come_from_the_test_split(tiny_checkpoint_factory, fi
     (["--samples-per-prompt", "0"], "--samples-per-prompt"),
     (["--top-p", "0"], "--top-p"),
     (["--heldout-tokens", "-1"], "--heldout-tokens"),
+    (["--heldout-tokens", "most"], "--heldout-tokens"),
 ])
 def test_bad_flags_are_one_line_errors(args, message, tiny_checkpoint_factory, fixture_dataset, capsys):
     rc = main(["score", "--ckpt", str(tiny_checkpoint_factory("engram-v1")), "--data", str(fixture_dataset),

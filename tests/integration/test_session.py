@@ -52,6 +52,7 @@ total_steps = 6
 rewarm_steps = 1
 
 [score]
+prompts = "seed"
 samples_per_prompt = 1
 max_new_tokens = 12
 heldout_tokens = 512
@@ -117,8 +118,9 @@ def test_mini_session_pauses_continues_skips_and_reports(tmp_path, fixture_datas
     assert [r[0] for r in rows] == ["**a**", "**b**"]
     assert rows[0][2] == "4" and rows[1][2] == "4 → 6"
     for row, name in zip(rows, ("a", "b")):
-        assert row[4] == f"{scores[name]['heldout']['ce']:.4f}" and row[5] == f"{scores[name]['heldout']['bpb']:.4f}"
-        assert row[6] == f"{scores[name]['generation']['valid_rate']:.3f}" and row[7] == "yes"
+        assert row[4].startswith(f"{scores[name]['heldout']['ce']:.4f}")
+        assert row[5].startswith(f"{scores[name]['heldout']['bpb']:.4f}")
+        assert row[6].startswith(f"{scores[name]['generation']['valid_rate']:.3f} [") and row[8] == "yes"
         last = [json.loads(x) for x in (folder / name / "metrics.jsonl").read_text().splitlines()]
         last = [x for x in last if x["kind"] == "train"][-1]
         assert row[3] == f"{last['loss']:.4f}"

@@ -45,8 +45,8 @@ def seed_session(tmp_path_factory, tiny_checkpoint_factory, fixture_dataset) -> 
     for name in RUNS:
         code = nanoeval_main(["score", "--ckpt", str(folder / name / "final"), "--out",
                               str(folder / name / "score.json"), "--data", str(fixture_dataset), "--inference-mode",
-                              "bypass", "--samples-per-prompt", "1", "--max-new-tokens", "8", "--heldout-tokens",
-                              "512", "--temperature", "0"])
+                              "bypass", "--prompts", "seed", "--samples-per-prompt", "1", "--max-new-tokens", "8",
+                              "--heldout-tokens", "512", "--temperature", "0"])
         assert code == 0
     return folder
 
@@ -62,11 +62,14 @@ def test_summary_table_follows_the_files(seed_session, capsys):
         score = json.loads((seed_session / name / "score.json").read_text())
         row = rows[name]
         assert row[3] == f"{last_train(seed_session / name)['loss']:.4f}"
-        assert row[4] == f"{score['heldout']['ce']:.4f}" and row[5] == f"{score['heldout']['bpb']:.4f}"
-        assert row[6] == f"{score['generation']['valid_rate']:.3f}"
+        h, g = score["heldout"], score["generation"]
+        ce_ci = "" if h["ce_ci"] is None else f" [{h['ce_ci'][0]:.3f}, {h['ce_ci'][1]:.3f}]"
+        assert row[4] == f"{h['ce']:.4f}{ce_ci}" and row[5].startswith(f"{h['bpb']:.4f}")
+        lo, hi = g["intervals"]["valid_rate"]
+        assert row[6] == f"{g['valid_rate']:.3f} [{lo:.2f}, {hi:.2f}]" and row[7] == "15"
     haar_layers = json.loads((seed_session / "haar-v5" / "score.json").read_text())["model"]["noncausal_layers"]
-    assert haar_layers and rows["haar-v5"][7] == f"no ({len(haar_layers)} layers bypassed)"
-    assert rows["engram-v1"][7] == "yes"
+    assert haar_layers and rows["haar-v5"][8] == f"no ({len(haar_layers)} layers bypassed)"
+    assert rows["engram-v1"][8] == "yes"
     assert "Wavefield Haar bidirectional" in rows["haar-v5"][1] and "MTP x3" in rows["baseline-v1"][1]
     assert rows["engram-v2"][2] == f"{last_train(seed_session / 'engram-v1')['step']} → " \
                                    f"{last_train(seed_session / 'engram-v2')['step']}"
@@ -91,6 +94,27 @@ def test_findings_are_computed_from_the_numbers(seed_session):
     resumed = next(line for line in report.splitlines() if "**engram-v2 resumed engram-v1**" in line)
     verdict = "a **regression**" if child["loss"] > parent["loss"] else "an improvement"
     assert f"{verdict} ({child['loss'] - parent['loss']:+.4f})" in resumed
+
+
+def test_pairwise_verdicts_name_a_winner_only_when_the_interval_excludes_zero(seed_session):
+    report = build_report(seed_session)
+    pairs = [line for line in report.splitlines()
+             if re.match(r"^\| [\w.-]+ vs [\w.-]+ \|", line) and not line.startswith("| A vs B")]
+    assert len(pairs) == 6  # every pair of the four scored runs
+    for line in pairs:
+        for cell in line.split("|")[2:-1]:
+            cell = cell.strip()
+            if cell.startswith("not comparable") or cell == "-":
+                continue
+            if "[" not in cell:  # one document or sample: no interval, so no winner
+                assert cell.endswith(": not distinguishable (too few samples or documents to test)"), cell
+                continue
+            m = re.match(r"^([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]: (.+)$", cell)
+            assert m, cell
+            lo, hi, who = float(m[2]), float(m[3]), m[4]
+            assert (who == "not distinguishable") == (lo <= 0 <= hi), cell
+    rate = next(line for line in report.splitlines() if "tree-sitter valid rate" in line.lower())
+    assert "paired over the same prompts" in rate and "over 15 samples" in rate
 
 
 def test_a_resumed_run_that_ends_worse_is_a_regression(seed_session, tmp_path):

@@ -35,7 +35,8 @@ def rust_file(rng: random.Random) -> str:
              f"pub struct {name} {{"]
     lines += [f"    pub {f}: {t}," for f, t in fields]
     lines += ["}", "", f"impl {name} {{", "    pub fn new() -> Self {", "        Self {"]
-    lines += [f"            {f}: {'false' if t == 'bool' else ('0.0' if t.startswith('f') else '0')}," for f, t in fields]
+    zero = {"bool": "false", "f32": "0.0", "f64": "0.0"}
+    lines += [f"            {f}: {zero.get(t, '0')}," for f, t in fields]
     lines += ["        }", "    }"]
     for _ in range(rng.randint(1, 3)):
         f, t = rng.choice(fields)
@@ -49,7 +50,7 @@ def rust_file(rng: random.Random) -> str:
             ret = t
         else:
             k = rng.randint(1, 7)
-            body = [f"        for i in 0..{k} {{", f"            if i % 2 == 0 {{",
+            body = [f"        for i in 0..{k} {{", "            if i % 2 == 0 {",
                     f"                self.{f} = self.{f}.wrapping_add(i as {t});", "            }", "        }",
                     f"        self.{f}"]
             ret = t

@@ -98,6 +98,6 @@ def test_unknown_format_version_is_refused_with_one_line(tmp_path, version):
     message = str(info.value)
     assert str(folder / "config.json") in message and "\n" not in message
     assert "format_version" in message
-    code, out, err = spec.run_cli("nanoeval", "score", "--ckpt", folder, "--heldout-tokens", 0)
+    code, out, err = spec.run_cli("nanoeval", "score", "--ckpt", folder, "--heldout-tokens", 0, "--prompts", "seed")
     assert code == 2 and out == ""
     assert err.startswith("nanoeval: error: ") and err.count("\n") == 1 and "format_version" in err

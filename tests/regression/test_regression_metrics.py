@@ -26,7 +26,8 @@ def test_recipe_metrics_match_goldens(recipe, measure):
     assert recipe in golden, f"no golden for {recipe}: run `python -m tests.regression.regenerate --write`"
     problems = spec.compare(golden[recipe], measure(recipe))
     assert not problems, (f"{recipe} drifted from tests/regression/goldens.json (if intended, run "
-                          "`python -m tests.regression.regenerate` and commit with --write):\n  " + "\n  ".join(problems))
+                          "`python -m tests.regression.regenerate` and commit with --write):\n  "
+                          + "\n  ".join(problems))
 
 
 def test_goldens_hold_every_recipe_and_field():

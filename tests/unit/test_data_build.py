@@ -1,5 +1,5 @@
-"""`nanotrain data build`: bad files are skipped and counted, the split is deterministic by file, the round trip is
-exact, and an existing dataset is never overwritten (or half-written) without --force."""
+"""`nanotrain data build`: bad files are skipped and counted, the split is by crate (or deterministic by file), the
+round trip is exact, and an existing dataset is never overwritten (or half-written) without --force."""
 
 from __future__ import annotations
 
@@ -84,17 +84,20 @@ def test_parse_filter_can_be_turned_off(tmp_path, messy_src):
     assert meta["files_kept"] == 2
 
 
-def test_split_is_by_file_deterministic_and_independent_of_other_files(tmp_path, messy_dataset):
-    out, _ = messy_dataset
-    rows = _read_listing(out)
+def test_split_is_by_file_deterministic_and_independent_of_other_files(tmp_path):
+    build_dataset([FIXTURES], tmp_path / "ds", vocab_size=300, split="70/15/15", workers=1, progress=False,
+                  split_by="file")
+    rows = _read_listing(tmp_path / "ds")
     shas = [r["sha256"] for r in rows]
     assert len(shas) == len(set(shas)), "a file landed in two splits"
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["split_rule"] == {"by": "file"}
     # Building from a subset of the files puts each remaining file in the same split.
     subset = tmp_path / "subset"
     shutil.copytree(FIXTURES / "collections", subset / "collections")
     shutil.copytree(FIXTURES / "parsing", subset / "parsing")
     shutil.copytree(FIXTURES / "cli", subset / "cli")  # so that every split of 70/15/15 gets a file
-    build_dataset([subset], tmp_path / "ds2", vocab_size=300, split="70/15/15", workers=1, progress=False)
+    build_dataset([subset], tmp_path / "ds2", vocab_size=300, split="70/15/15", workers=1, progress=False,
+                  split_by="file")
     where = {r["sha256"]: r["split"] for r in rows}
     for r in _read_listing(tmp_path / "ds2"):
         assert where[r["sha256"]] == r["split"]
@@ -200,3 +203,88 @@ def test_source_manifest_is_recorded(tmp_path):
     pkgs = meta["sources"][0]["packages"]
     assert pkgs == [{"package": "librust-demo-dev", "version": "1.0.0-1", "license": "MIT OR Apache-2.0",
                      "rs_files": 4, "rs_bytes": 123}]
+
+
+def _crate_corpus(root: Path) -> dict[str, str]:
+    """A registry-like corpus of 12 crates (one in two versions, one with a nested test crate, one without a
+    Cargo.toml): path prefix -> the crate every file under it belongs to."""
+    expected: dict[str, str] = {}
+    for i in range(10):
+        name = f"crate{i}"
+        versions = ("1.0.0", "2.1.0") if i == 3 else ("0.1.0",)
+        for v in versions:
+            folder = root / "registry" / f"{name}-{v}"
+            (folder / "src" / "nested").mkdir(parents=True)
+            (folder / "Cargo.toml").write_text(f'[package]\nname = "{name}"\nversion = "{v}"\n')
+            for j in range(3 + i):
+                sub = "src/nested" if j % 2 else "src"
+                (folder / sub / f"m{j}.rs").write_text(
+                    f"pub fn {name}_{v.replace('.', '_')}_{j}(x: u32) -> u32 {{\n    x * {i + 2} + {j}\n}}\n" * (1 + j))
+            expected[f"src/registry/{name}-{v}/"] = name
+    tests_crate = root / "registry" / "crate5-0.1.0" / "tests" / "fixture-crate"
+    (tests_crate / "src").mkdir(parents=True)
+    (tests_crate / "Cargo.toml").write_text('[package]\nname = "crate5-fixture"\n')
+    (tests_crate / "src" / "lib.rs").write_text("pub fn fixture_crate_entry() -> usize {\n    42\n}\n" * 2)
+    expected["src/registry/crate5-0.1.0/tests/fixture-crate/"] = "crate5-fixture"
+    loose = root / "loose" / "deep"
+    loose.mkdir(parents=True)
+    for j in range(4):
+        (loose / f"l{j}.rs").write_text(f"pub fn loose_{j}() -> i64 {{\n    -{j}\n}}\n" * (2 + j))
+    expected["src/loose/deep/"] = "src/loose/deep"
+    return expected
+
+
+def test_crate_split_keeps_every_crate_in_one_split(tmp_path):
+    src = tmp_path / "src"
+    expected = _crate_corpus(src)
+    meta = build_dataset([src], tmp_path / "ds", vocab_size=300, split="60/20/20", workers=1, progress=False,
+                         parse_filter=False, heldout_min_files=4, heldout_min_tokens=0)
+    rows = _read_listing(tmp_path / "ds")
+    splits_of: dict[str, set[str]] = {}
+    for r in rows:
+        owner = max((p for p in expected if r["path"].startswith(p)), key=len)
+        splits_of.setdefault(expected[owner], set()).add(r["split"])
+    assert len(splits_of) == 12
+    spanning = {c: s for c, s in splits_of.items() if len(s) > 1}
+    assert not spanning, f"crates in two splits: {spanning}"
+    assert {s for ss in splits_of.values() for s in ss} == {"train", "val", "test"}
+    assert meta["split_rule"] == {"by": "crate", "heldout_min_files": 4, "heldout_min_tokens": 0,
+                                  "heldout_max_share": corpus.HELDOUT_MAX_SHARE}
+    for s in ("val", "test"):
+        assert meta["splits"][s]["files"] >= 4
+        assert meta["splits"][s]["crates"] == len(meta["heldout_crates"][s])
+        assert set(meta["heldout_crates"][s]) == {c for c, ss in splits_of.items() if ss == {s}}
+    # Same corpus and seed: the same split; another seed draws other crates.
+    again = build_dataset([src], tmp_path / "ds2", vocab_size=300, split="60/20/20", workers=1, progress=False,
+                          parse_filter=False, heldout_min_files=4, heldout_min_tokens=0)
+    assert again["heldout_crates"] == meta["heldout_crates"]
+    other = [build_dataset([src], tmp_path / f"s{k}", vocab_size=300, split="60/20/20", workers=1, seed=k,
+                           progress=False, parse_filter=False, heldout_min_files=4, heldout_min_tokens=0)
+             ["heldout_crates"] for k in (1, 2, 3)]
+    assert any(o != meta["heldout_crates"] for o in other)
+
+
+def _files(crate: str, n: int, nbytes: int) -> list[corpus.SourceFile]:
+    return [corpus.SourceFile(f"{crate}/{i}.rs", "", f"{crate}{i}", nbytes, crate) for i in range(n)]
+
+
+def test_crate_split_floor_and_cap():
+    # 40 crates of 10 files x 1 kB: 1% of 400 kB would be one crate; the 30-file floor takes three.
+    files = [f for c in range(40) for f in _files(f"c{c}", 10, 1000)]
+    where = corpus.assign_crate_splits(files, 0, (0.98, 0.01, 0.01), min_files=30, min_tokens=0)
+    assert sum(1 for s in where.values() if s == "val") == 3
+    assert sum(1 for s in where.values() if s == "test") == 3
+    # A floor the corpus cannot meet stops at the cap (10% of the corpus: four crates), never beyond.
+    where = corpus.assign_crate_splits(files, 0, (0.98, 0.01, 0.01), min_files=10_000, min_tokens=0)
+    assert sum(1 for s in where.values() if s == "val") == 4
+    # The token floor counts bytes at EST_BYTES_PER_TOKEN: 6,000 tokens ~ 19.8 kB -> two crates of 10 kB.
+    where = corpus.assign_crate_splits(files, 0, (0.98, 0.01, 0.01), min_files=0, min_tokens=6000)
+    assert sum(1 for s in where.values() if s == "test") == 2
+    # A crate too big for the cap is skipped, and one crate always stays in train.
+    big = _files("huge", 100, 10_000) + _files("small", 10, 100)
+    where = corpus.assign_crate_splits(big, 0, (0.5, 0.25, 0.25), min_files=1000, min_tokens=0)
+    assert where["huge"] == "train" and where["small"] in ("val", "test")
+    # Eight crates of 12.5% each: none fits a 10% cap, so val and test take one crate each.
+    even = [f for c in range(8) for f in _files(f"e{c}", 10, 1000)]
+    where = corpus.assign_crate_splits(even, 0, (0.8, 0.1, 0.1), min_files=100, min_tokens=0)
+    assert sorted(where.values()).count("val") == 1 and sorted(where.values()).count("test") == 1

@@ -379,8 +379,8 @@ def test_streaming_callback_sees_every_token(engram):
 
 def test_streamed_text_holds_back_an_incomplete_character(engram):
     """'a' then the three single-byte tokens of '€': the text passed on stays 'a' until the last byte arrives."""
-    from nanoeval.engine import _Row
     from nanoeval.engine import Sample as EngineSample
+    from nanoeval.engine import _Row
 
     engine = Engine(engram.model, engram.tokenizer)
     ids = [engine.detok.token_bytes.index(bytes([b])) for b in "a€".encode()]

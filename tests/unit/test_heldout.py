@@ -82,3 +82,41 @@ def test_empty_split_is_a_user_error(tiny_checkpoint_factory, tmp_path):
         evaluate_heldout(loaded.model, Dataset(out))
     with pytest.raises(UserError, match="heldout-tokens"):
         evaluate_heldout(loaded.model, Dataset(out), split="train", max_tokens=0)
+
+
+def test_documents_and_their_interval(tiny_checkpoint_factory, dataset):
+    import numpy as np
+
+    from nanotrain.data.tokenizer import EOS_ID
+
+    loaded = nanoeval.load(tiny_checkpoint_factory("engram-v1"))
+    r = evaluate_heldout(loaded.model, dataset, seq_len=32, batch_size=3)
+    measured = np.asarray(dataset.tokens("val")[: r.n_tokens + 1])
+    # One entry per document the predicted tokens touch: an <eos> among the inputs starts the next one.
+    assert r.n_docs == len(r.doc_tokens) == 1 + int((measured[1:-1] == EOS_ID).sum()) > 1
+    assert sum(r.doc_tokens) == r.n_tokens
+    assert sum(r.doc_nll) / r.n_tokens == pytest.approx(r.ce, rel=1e-5)
+    lo, hi = r.ce_ci
+    assert lo <= r.ce <= hi and lo < hi
+    assert r.bpb_ci[0] == pytest.approx(lo / math.log(2) / dataset.bytes_per_token("val"))
+    again = evaluate_heldout(loaded.model, dataset, seq_len=32, batch_size=5)
+    assert again.ce_ci == r.ce_ci and again.tokens_sha256 == r.tokens_sha256  # seeded, batch-independent
+
+
+def test_score_default_measures_the_trainers_validation_tokens(tiny_checkpoint_factory, fixture_dataset, tmp_path):
+    """A checkpoint has one val CE: `nanoeval score` by default measures the windows its validation measured."""
+    import json
+
+    from nanoeval.cli import main as nanoeval_main
+
+    ckpt = tiny_checkpoint_factory("baseline-v1")
+    out = tmp_path / "score.json"
+    assert nanoeval_main(["score", "--ckpt", str(ckpt), "--data", str(fixture_dataset), "--out", str(out),
+                             "--prompts", "seed", "--samples-per-prompt", "1", "--max-new-tokens", "2"]) == 0
+    h = json.loads(out.read_text())["heldout"]
+    trained = json.loads((ckpt / "config.json").read_text())["train"]
+    val = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines()]
+    last_val = [row for row in val if row.get("kind") == "val"][-1]
+    assert h["seq_len"] == trained["seq_len"]
+    assert h["n_tokens"] == last_val["val_tokens"]
+    assert h["ce"] == pytest.approx(last_val["val_ce"], abs=1e-4)

@@ -44,7 +44,8 @@ def _tree_sitter_openers(text: str) -> int:
 
 @pytest.mark.parametrize(
     "name, line, kind",
-    [("corrupted_let.rs", 2, "error"), ("corrupted_missing_semicolon.rs", 2, "missing"), ("corrupted_brackets.rs", 1, "error")],
+    [("corrupted_let.rs", 2, "error"), ("corrupted_missing_semicolon.rs", 2, "missing"),
+     ("corrupted_brackets.rs", 1, "error")],
 )
 def test_corrupted_files_are_invalid_with_positions(name, line, kind):
     s = score_sample(read(name), truncated=False)
@@ -153,7 +154,8 @@ def test_to_dict_is_json_ready():
     import json
 
     d = score_sample(read("corrupted_let.rs"), truncated=False).to_dict()
-    assert set(d) >= {"valid", "error_density", "errors", "first_error_line", "bracket_balance", "brackets", "distinct_3"}
+    assert set(d) >= {"valid", "error_density", "errors", "first_error_line", "bracket_balance", "brackets",
+                      "distinct_3"}
     json.dumps(d)
 
 

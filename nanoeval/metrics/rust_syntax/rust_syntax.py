@@ -4,11 +4,8 @@
 import datasets
 import evaluate
 
-from nanoeval.rust import aggregate
-from nanoeval.rust import score_batch
-from nanoeval.rustc import check_texts
-from nanoeval.rustc import find_rustc
-from nanoeval.rustc import validity_summary
+from nanoeval.rust import aggregate, score_batch
+from nanoeval.rustc import check_texts, find_rustc, validity_summary
 
 _DESCRIPTION = """Syntactic quality of generated Rust, measured with the tree-sitter-rust grammar: the share of
 samples that parse without errors (valid_rate; for samples cut at a token limit only errors at the cut are
