@@ -136,7 +136,7 @@ def test_export_refuses_a_noncausal_model_and_a_full_folder(tiny_checkpoint_fact
 def _score(capsys, tmp_path, source: list[str], data: Path, tag: str) -> dict:
     out = tmp_path / f"{tag}.json"
     code = nanoeval(["score", *source, "--data", str(data), "--heldout-tokens", "512", "--max-new-tokens", "24",
-                     "--temperature", "0", "--samples-per-prompt", "1", "--out", str(out)])
+                     "--prompts", "seed", "--temperature", "0", "--samples-per-prompt", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     return json.loads(out.read_text())
 

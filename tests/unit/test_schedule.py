@@ -197,5 +197,6 @@ def test_cli_plot_without_matplotlib(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # makes `import matplotlib` raise ImportError
     assert main(["schedule", "engram-v1", "--plot", str(tmp_path / "lr.png")]) == 2
     err = capsys.readouterr()
-    assert "pip install matplotlib" in err.err and err.out == ""
+    assert err.err.strip().splitlines() == ["nanotrain: error: --plot needs the optional package matplotlib: "
+                                            "pip install 'nanolab[plot]'"] and err.out == ""
     assert not any(tmp_path.iterdir())
