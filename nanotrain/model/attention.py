@@ -5,7 +5,8 @@
   [dim, n_heads*hd]; bias-free. Checkpoints with separate `wq`/`wk`/`wv` load through
   `nanotrain.model.fused.fuse_legacy_names`.
 - RoPE, theta 10000, half-split pairing (x_i, x_{i+hd/2}):
-  x'_i = x_i cos - x_{i+hd/2} sin,  x'_{i+hd/2} = x_i sin + x_{i+hd/2} cos,  angle = pos * theta^(-2i/hd).
+  x'_i = x_i cos - x_{i+hd/2} sin,  x'_{i+hd/2} = x_i sin + x_{i+hd/2} cos,  angle = pos * theta^(-2i/hd),
+  computed as x * (cos, cos) + (x_{hd/2:}, x_{:hd/2}) * (-sin, sin) from full-width tables.
 - Attention through `F.scaled_dot_product_attention(..., enable_gqa=True)`.
   GQA mapping: query head h reads KV head h // (n_heads / n_kv_heads) (torch's grouped, `repeat_interleave`
   convention). The seed tiles instead (query head h reads KV head h mod n_kv_heads); the two only differ in how
@@ -27,19 +28,26 @@ from nanotrain.model.quant import make_fused_linear, make_linear
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [max_len, head_dim/2] for positions 0..max_len-1 (fp32)."""
+    """The rotation tables [max_len, head_dim] for positions 0..max_len-1 (fp32): (cos, cos) and (-sin, sin), each
+    half over one half of the head, so that `apply_rope` is x * cos + swap_halves(x) * sin."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, hd] with half-split pairs, in fp32; cos/sin are [T, hd/2], or [B, 1, T, hd/2] per row."""
-    x1, x2 = x.chunk(2, dim=-1)
+    """Rotate x [B, H, T, hd] with half-split pairs, in fp32: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, computed
+    as x * cos + (x2, x1) * sin with the tables of `rope_tables` ([T, hd], or [B, 1, T, hd] per row): three ops."""
     if x.dtype != torch.float32:
-        x1, x2 = x1.float(), x2.float()
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out if out.dtype == x.dtype else out.type_as(x)
+        out = _rotate(x.float(), cos, sin)
+        return out.type_as(x)
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
 
 class KVCache(nn.Module):
