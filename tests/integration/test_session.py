@@ -140,8 +140,8 @@ def test_report_refuses_a_folder_that_is_not_a_session(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_seed_session_at_tiny_scale(tmp_path, capsys):
-    """The four runs of sessions/seed.toml at the real tiny scale on the default dataset (about 80 minutes on this
-    2-core machine with one thread per run)."""
+    """The four runs of sessions/seed.toml at the real tiny scale on the default dataset (`make session-tiny` takes
+    about 31 minutes on an idle 2-core AMD EPYC VM; this test gives each run one thread, which takes longer)."""
     from nanotrain.data.default import ensure_default_dataset
 
     data = ensure_default_dataset()
