@@ -22,8 +22,8 @@ quickstart: setup
 	test -d runs/engram-v1/final || $(BIN)/nanotrain run engram-v1 --resume auto
 	$(BIN)/nanoeval score --ckpt runs/engram-v1/final --out runs/engram-v1/score.json
 
-# The dataset of benchmarks/bench_quality.py: the popular crates plus 400 others (seeded), 24.1M training tokens,
-# 49 MiB, so it travels with the code to a GPU machine. About 3-4 minutes on 2 cores; a second call does nothing.
+# The dataset of benchmarks/bench_quality.py: the popular crates plus 400 others (seeded); split by file it held
+# 24.1M training tokens in 49 MiB, small enough to travel with the code to a GPU machine. About 3-4 minutes on 2 cores; a second call does nothing.
 DATA    ?= $${NANOLAB_DATA:-data}
 data-quality: setup
 	test -f $(DATA)/datasets/rust-quality/meta.json || ( \
