@@ -108,14 +108,15 @@ def resolve_dataset(data: Path | None, loaded, needed: bool):
 
 
 def check_args(args):
-    """The sampling configuration of the flags, after checking the numbers (`nanotrain session` runs this on a
-    session file's [score] table before it trains anything)."""
+    """The sampling configuration of the flags, after checking the numbers; `args.heldout_tokens` becomes its count
+    (`parse_heldout_tokens`). `nanotrain session` runs this on a session file's [score] table before it trains
+    anything."""
     from nanotrain.errors import UserError
 
     config = sampling_config(args)
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples-per-prompt {args.samples_per_prompt}: must be at least 1")
-    parse_heldout_tokens(args.heldout_tokens)
+    args.heldout_tokens = parse_heldout_tokens(args.heldout_tokens)
     return config
 
 
@@ -133,7 +134,6 @@ def _run(args) -> int:
 
     t0 = time.perf_counter()
     config = check_args(args)
-    args.heldout_tokens = parse_heldout_tokens(args.heldout_tokens)
     args.device = str(resolve_device(args.device))
     rustc = find_rustc(args.rustc) if args.validator != "tree-sitter" or args.compile_check else None
     loaded, ids = load_model(args, dtype=torch.float32)

@@ -35,11 +35,6 @@ class Positions:
     _mask: tuple | None = None
     _index: dict = field(default_factory=dict)  # write index per (dim, shape): layers of one shape share it
 
-    @classmethod
-    def make(cls, pos: torch.Tensor, key_positions: torch.Tensor, dtype: torch.dtype,
-             start: int | None = None) -> Positions:
-        return cls(pos, key_positions, dtype, start)
-
     @property
     def length(self) -> int:
         """L: how many cache positions the call reads."""

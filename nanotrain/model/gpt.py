@@ -272,7 +272,7 @@ class GPT(nn.Module):
                 raise RuntimeError("caches not set up: call model.setup_cache(batch_size) before a cached forward")
             pos = input_pos.expand(b, t)
             start = int(input_pos[0]) if input_pos.dim() == 1 and input_pos.device.type == "cpu" else None
-            at = Positions.make(pos, self.cache_positions[:kv_len], self.tok_embed.weight.dtype, start)
+            at = Positions(pos, self.cache_positions[:kv_len], self.tok_embed.weight.dtype, start)
             if start is None:
                 rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
             else:

@@ -162,8 +162,7 @@ class WavefieldAttention(nn.Module):
                 raise RuntimeError("wavefield cache not set up: call model.setup_cache(batch_size) first")
             write_at(self.value_cache, 1, at, s)
             keys = self.value_cache[:b, :at.length].to(s.dtype)
-            k_pos = torch.arange(at.length, device=s.device)
-            mix = self.mixing_matrices(at.pos, k_pos)  # [B, H, T, L]
+            mix = self.mixing_matrices(at.pos, at.key_positions)  # [B, H, T, L]
             if at.keep is not None:
                 mix = mix * at.keep
             mixed = torch.einsum("bhqk,bkhd->bqhd", mix.to(s.dtype), keys)

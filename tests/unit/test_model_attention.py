@@ -50,7 +50,7 @@ def test_gqa_maps_query_head_h_to_kv_head_h_div_group_with_a_causal_mask():
 
     def cached(part: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         pos = pos.expand(2, -1)
-        at = Positions.make(pos, keys, torch.float32)
+        at = Positions(pos, keys, torch.float32)
         return attn(part, (cos[pos][:, None], sin[pos][:, None]), at, cache)
 
     step = torch.cat([cached(x[:, :4], torch.arange(4)), cached(x[:, 4:], torch.arange(4, 6))], dim=1)
@@ -132,7 +132,7 @@ def test_shared_positions_read_and_write_the_caches_as_per_row_positions_do():
         steps, reads = [], []
         for lo, hi in ((0, 5), (5, 6), (6, 7)):  # a prefill over exactly its keys, then two single-token steps
             pos = torch.arange(lo, hi)
-            at = Positions.make(pos.expand(2, -1), keys[:hi], torch.float32, lo if shared else None)
+            at = Positions(pos.expand(2, -1), keys[:hi], torch.float32, lo if shared else None)
             assert at.square_causal == (shared and lo == 0) and at.mask_free == (shared and lo > 0)
             assert (at.bias is None) == at.mask_free
             write_at(ids, 1, at, torch.arange(lo, hi).expand(2, -1) + 100)
