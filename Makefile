@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py --device cpu
 	$(BIN)/python benchmarks/bench_train.py --device cpu --compile --out benchmarks/results/bench_train_cpu_compiled.json
 	$(BIN)/python benchmarks/bench_decode.py --device cpu
+	$(BIN)/python benchmarks/bench_linear.py
 	$(BIN)/python benchmarks/bench_score.py
 
 # Debian chromium for the browser test of the demo (needs root / apt).

@@ -28,8 +28,9 @@ How a call runs:
 
 Eager or compiled: `compile=None` compiles the decode step on CUDA (CUDA graphs) and runs it eagerly on a CPU,
 where compiling takes longer than a scoring run's whole decode (benchmarks/README.md has the numbers). Eager
-decode steps run inside `frozen_gains`, so mHC's per-sub-layer gains are computed once per call. A compile that
-fails falls back to eager decoding and says why in `fallback_reason`.
+prefill and decode run inside `nanotrain.model.frozen.frozen_weights`: mHC's per-sub-layer gains are computed once
+per call and, on a CPU in fp32, the linear weights are packed once per call for oneDNN's faster matrix products.
+A compile that fails falls back to eager decoding and says why in `fallback_reason`.
 """
 
 from __future__ import annotations
@@ -382,7 +383,7 @@ class Engine:
 
     def _decode_batch(self, prompt_ids: list[list[int]], rows: list[_Row], config: SamplingConfig,
                       generator: torch.Generator, on_token: TokenCallback | None) -> Iterator[None]:
-        from nanotrain.model.mhc import frozen_gains
+        from nanotrain.model.frozen import frozen_weights
 
         n, dev = len(rows), self.device
         lengths = [len(p) for p in prompt_ids]
@@ -400,7 +401,7 @@ class Engine:
         cuda = dev.type == "cuda"
         pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
         try:
-            with torch.inference_mode(), (frozen_gains(self.model, self.dtype) if eager else nullcontext()):
+            with torch.inference_mode(), (frozen_weights(self.model, self.dtype) if eager else nullcontext()):
                 prompt = prompt.to(dev)
                 pos = torch.tensor(lengths, device=dev)[:, None]
                 if eager and len(set(lengths)) == 1:

@@ -67,9 +67,11 @@ def _measure(model, batches, bypass: bool, n_batches: int, desc: str,
     """Per-target NLL (nats, fp32, in token order) over `batches`, and the summed predictive entropy."""
     from tqdm import tqdm
 
+    from nanotrain.model.frozen import frozen_weights
+
     nlls = []
     ent = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), frozen_weights(model, next(model.parameters()).dtype):
         for x, y in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False):
             logits = model(x, bypass_noncausal=bypass).logits.float()
             logp = logits.log_softmax(dim=-1)

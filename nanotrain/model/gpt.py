@@ -28,6 +28,7 @@ from nanotrain.flat import FlatMirror
 from nanotrain.model.attention import Attention, KVCache, rope_tables
 from nanotrain.model.cache import Positions, read_before, write_at
 from nanotrain.model.engram import Engram, hash_indices, hash_primes, hash_tables
+from nanotrain.model.frozen import linear
 from nanotrain.model.fused import fuse_legacy_names, stack_rows
 from nanotrain.model.loop import SharedLoopBlock
 from nanotrain.model.mhc import MHCLite, Streams, clamp_mixing_logits_, collapse_streams, expand_streams
@@ -141,6 +142,7 @@ class GPT(nn.Module):
         self._noncausal: list[int] | None = None  # noncausal_layers(), made on its first call
         self._clamp_mirror = FlatMirror()
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.packed_head: torch.Tensor | None = None  # the tied head in oneDNN's layout inside `frozen_weights`
         nn.init.normal_(self.tok_embed.weight, mean=0.0, std=cfg.init_std)
         engram_at = set(cfg.engram_layers)
         if cfg.loop_count:
@@ -297,6 +299,9 @@ class GPT(nn.Module):
             h = h.gather(1, logits_at.view(b, 1, 1).expand(b, 1, h.shape[-1]))
         h = self.norm_final(h)
         head = self.tok_embed.weight
-        logits = F.linear(h, head if head.dtype == h.dtype else head.to(h.dtype))
+        if head.dtype == h.dtype:
+            logits = linear(h, head, self.packed_head)
+        else:
+            logits = F.linear(h, head.to(h.dtype))
         mtp_logits = self.mtp(h) if self.mtp is not None and at is None and logits_at is None else []
         return ModelOutput(logits=logits, mtp_logits=mtp_logits, exit_probs=exit_probs)

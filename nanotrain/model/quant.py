@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanotrain.config import ModelConfig
+from nanotrain.model.frozen import Linear
 
 
 def ternary_weight(w: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -59,7 +60,7 @@ def make_linear(in_features: int, out_features: int, cfg: ModelConfig) -> nn.Lin
     if cfg.quant == "ternary":
         layer: nn.Linear = TernaryLinear(in_features, out_features, cfg.quant_group_size)
     else:
-        layer = nn.Linear(in_features, out_features, bias=False)
+        layer = Linear(in_features, out_features, bias=False)
     nn.init.normal_(layer.weight, mean=0.0, std=cfg.init_std)
     return layer
 
@@ -75,7 +76,7 @@ def make_fused_linear(in_features: int, blocks: tuple[int, ...], cfg: ModelConfi
         if cfg.quant == "ternary":
             layer: nn.Linear = TernaryLinear(in_features, sum(blocks), cfg.quant_group_size)
         else:
-            layer = nn.Linear(in_features, sum(blocks), bias=False)
+            layer = Linear(in_features, sum(blocks), bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.cat([part.weight for part in parts]))
     set_row_blocks(layer.weight, blocks)

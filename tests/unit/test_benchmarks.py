@@ -255,7 +255,26 @@ def test_bench_decode_micro_writes_valid_json(tmp_path):
                                      "B2:engine/reference-kv", "B2:engine-sample/reference-kv"}
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_bench_linear_micro_counts_the_model_layers_and_writes_ratios(tmp_path):
+    out = tmp_path / "linear.json"
+    assert load("bench_linear").main(MICRO + ["--rows", "1,3", "--iters", "2", "--rounds", "1",
+                                              "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["schema"] == "nanolab.bench_linear/1"
+    # dim 32, 2 layers, 4 heads of 8, 2 KV heads: wqkv 32->64, wo 32->32, gate/up 32->2h, down h->32, the head
+    shapes = {(s["in"], s["out"]): s["layers"] for s in result["shapes"]}
+    assert shapes[(32, 64)] == 2 and shapes[(32, 32)] == 2 and shapes[(32, result["settings"]["vocab"])] == 1
+    assert sum(shapes.values()) == 2 * 4 + 1
+    assert [r["rows"] for r in result["results"]] == [1, 3]
+    assert [r["used"] for r in result["results"]] == ["plain", "packed"]
+    assert all(r["plain_ms"] > 0 and r["packed_ms"] > 0 for r in result["results"])
+    assert set(result["ratios"]) == {"rows1:packed/plain", "rows3:packed/plain"}
+
+
 @pytest.mark.parametrize("script, args, message", [
+    ("bench_linear", ["--rows", "1,x"], "--rows 1,x: expected a comma list of integers"),
+    ("bench_linear", ["--rows", "0"], "--rows 0: every row count must be at least 1"),
     ("bench_train", ["--steps", "0"], "--steps 0: must be at least 1"),
     ("bench_train", ["--set", "no_such_field=1"], "--set 'no_such_field=1'"),
     ("bench_train", ["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
