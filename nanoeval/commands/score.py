@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="samples per prompt (default 2: with the defaults (15 + 120) x 2 = 270 samples, so a valid "
                         "rate near 0.2 has a 95%% interval of about +-0.05)")
     add_sampling_args(p, max_new_tokens=128)
-    p.add_argument("--batch-size", type=int, default=32, help="samples decoded together (default 32)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="most samples decoded together; the samples split into equal batches (default 128)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset folder for held-out loss and completion prompts (default: the default dataset of "
                         "the checkpoint's scale, if its tokenizer matches the checkpoint's)")

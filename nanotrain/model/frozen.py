@@ -8,8 +8,9 @@ weights must not change inside it (nothing trains there; autograd cannot pass th
   (`_linear_pointwise`) instead of the default `F.linear`, which on a CPU calls MKL. On the AMD EPYC (Zen 4) VMs
   (oneDNN's kernels use AVX-512 there: `ONEDNN_VERBOSE=1` prints the ISA) MKL's single-precision products took
   1.5-2.4x as long as the packed ones over a tiny model's layer shapes at 2 to 2,048 rows; for one row (batch-1
-  decoding) MKL's matrix-vector kernel was faster (0.8x), so one row keeps `F.linear`. `benchmarks/bench_linear.py` measures both on the machine at hand.
-  The packed copies live only inside the block: made on entry, dropped on exit, so they can never go stale.
+  decoding) MKL's matrix-vector kernel was faster (0.8x), so one row keeps `F.linear`. `benchmarks/bench_linear.py`
+  measures both on the machine at hand. The packed copies live only inside the block: made on entry, dropped on
+  exit, so they can never go stale.
 Outside the block (training, compiled code, CUDA) every layer computes as a plain `nn.Linear`.
 """
 

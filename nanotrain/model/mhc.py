@@ -32,10 +32,11 @@ tests run the form compiled GPU training uses) and "plain" otherwise (eager, and
 `set_mhc_form(model, form)` sets it for a whole model.
 
 The 0-dim gains come from the parameters through ~18 tiny ops per sub-layer (sigmoids, sums, differences). Inside
-`frozen_gains(model)` (part of `nanotrain.model.frozen.frozen_weights`, which inference runs in) they are computed once on entry
-and reused by every call: the same values, so the same outputs bit for bit, and ~18 fewer kernel launches per
-sub-layer and step. There, N=2's prepare and apply also take a shorter Python path to the same "plain" ops (eager
-decoding is bound by the host's time per op). Compiled code computes the gains in its graph, where they fuse.
+`frozen_gains(model)` (part of `nanotrain.model.frozen.frozen_weights`, which inference runs in) they are computed
+once on entry and reused by every call: the same values, so the same outputs bit for bit, and ~18 fewer kernel
+launches per sub-layer and step. There, N=2's prepare and apply also take a shorter Python path to the same
+"plain" ops (eager decoding is bound by the host's time per op). Compiled code computes the gains in its graph,
+where they fuse.
 
 Initialisation (`mhc_init`):
 - "seed": the original, fully symmetric init (alpha_logit 0, pre/post logits 0, biases 0.5). Both streams stay
