@@ -269,6 +269,21 @@ def test_prompts_of_different_lengths_batch_like_single_runs(engram):
     assert texts(small_batches) == alone
 
 
+@pytest.mark.parametrize("n, batch_size, sizes", [(5, 4, [3, 2]), (9, 4, [3, 3, 3]), (8, 4, [4, 4]), (3, 8, [3])])
+def test_samples_split_into_equal_batches(engram, n, batch_size, sizes):
+    engine = Engine(engram.model, engram.tokenizer, batch_size=batch_size)
+    seen = []
+    decode = engine._decode_batch
+
+    def spy(prompt_ids, *args):
+        seen.append(len(prompt_ids))
+        return decode(prompt_ids, *args)
+
+    engine._decode_batch = spy
+    gen = engine.generate((PROMPTS * 2)[:n], SamplingConfig(max_new_tokens=2, temperature=0.0))
+    assert seen == sizes and len(gen.samples) == n
+
+
 def test_only_generated_ids_are_decoded(engram):
     gen = generate(engram, PROMPTS)
     for s in gen.samples:
