@@ -1,13 +1,13 @@
-"""Matrix products of a recipe's linear layers on a CPU: the packed oneDNN product `frozen_weights` uses for
-inference (`nanotrain.model.frozen.linear` with a packed weight) against plain `F.linear` (MKL), the same inputs, in
-the same run.
+"""Matrix products of a recipe's linear layers on a CPU: the packed oneDNN product and `frozen_weights`'s choice
+between the two (`nanotrain.model.frozen.linear` given the packed weight: "as used") against plain `F.linear` (MKL),
+on the same inputs, in the same run.
 
 For each row count (the batch at decode, batch x tokens at prefill and held-out loss) it times every distinct
 (in, out) shape of the model once per layer that has it (the tied head once), so a row's total is the matrix
 product time of one forward pass. Rounds alternate between the two, each round times `--iters` calls per shape,
-and the median round is reported. `nanotrain.model.frozen.PACKED_MIN_ROWS` keeps F.linear below the row count
-where the packed product stops paying; this benchmark is how to check it on a given CPU.
-Writes benchmarks/results/bench_linear.json (device, torch, per row count: both times and packed / plain speed).
+and the median round is reported. `nanotrain.model.frozen.PACKED_MIN_ROWS` and `PACKED_ONE_ROW_MIN_NUMEL` decide
+where the packed product is used; this benchmark is how to check them on a given CPU.
+Writes benchmarks/results/bench_linear.json (device, torch, per row count: the three times and speed-ups).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters < 1 or args.rounds < 1:
         raise UserError("--iters and --rounds must be at least 1")
 
-    from nanotrain.model.frozen import PACKED_MIN_ROWS, can_pack, linear
+    from nanotrain.model.frozen import PACKED_MIN_ROWS, PACKED_ONE_ROW_MIN_NUMEL, can_pack, linear
 
     if not can_pack(torch.device("cpu"), torch.float32):
         raise UserError("this torch build has no oneDNN linear (torch.backends.mkldnn): nothing to compare")
@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.iters):
                 if variant == "plain":
                     F.linear(x, w)
-                else:
+                elif variant == "packed":
                     torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+                else:
+                    linear(x, w, p)
             total += (time.perf_counter() - t0) / args.iters * count
         return total * 1e3
 
@@ -95,30 +97,37 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for n in rows_list:
             inputs = {s: torch.randn(n, s[0]) for s in shapes}
-            for s in shapes:  # the two products agree (the comparison is of one computation)
-                torch.testing.assert_close(linear(inputs[s], weights[s], packed[s]), F.linear(inputs[s], weights[s]),
-                                           rtol=1e-4, atol=1e-4)
-            times: dict[str, list[float]] = {"plain": [], "packed": []}
-            forward_time("plain", inputs), forward_time("packed", inputs)  # warm-up
+            for s in shapes:  # the products agree (the comparison is of one computation)
+                x, w = inputs[s], weights[s]
+                torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(x, packed[s], None, "none", [], ""),
+                                           F.linear(x, w), rtol=1e-4, atol=1e-4)
+            times: dict[str, list[float]] = {"plain": [], "packed": [], "as_used": []}
+            for variant in times:  # warm-up
+                forward_time(variant, inputs)
             for _ in range(args.rounds):
                 for variant in times:
                     times[variant].append(forward_time(variant, inputs))
-            plain, pk = statistics.median(times["plain"]), statistics.median(times["packed"])
-            results.append({"rows": n, "plain_ms": plain, "packed_ms": pk, "speedup": plain / pk,
-                            "used": "packed" if n >= PACKED_MIN_ROWS else "plain"})
+            ms = {v: statistics.median(t) for v, t in times.items()}
+            results.append({"rows": n, "plain_ms": ms["plain"], "packed_ms": ms["packed"],
+                            "as_used_ms": ms["as_used"], "packed_speedup": ms["plain"] / ms["packed"],
+                            "as_used_speedup": ms["plain"] / ms["as_used"]})
     print(f"{args.recipe} ({args.scale}): {sum(shapes.values())} linear products per forward, "
           f"{len(shapes)} shapes: " + ", ".join(f"{i}x{o} x{c}" for (i, o), c in sorted(shapes.items())))
     print(format_table(results, [("rows", "rows"), ("plain_ms", "F.linear ms"), ("packed_ms", "packed ms"),
-                                 ("speedup", "packed speed-up"), ("used", "frozen_weights uses")]))
+                                 ("as_used_ms", "as used ms"), ("packed_speedup", "packed speed-up"),
+                                 ("as_used_speedup", "as used speed-up")]))
     result = {
         **run_header(torch.device("cpu"), {"recipe": args.recipe, "scale": args.scale, "overrides": args.set,
                                            "vocab": vocab,
                                            "iters": args.iters, "rounds": args.rounds,
                                            "timer": "wall, median of alternating rounds",
-                                           "packed_min_rows": PACKED_MIN_ROWS}, "nanolab.bench_linear/1"),
+                                           "packed_min_rows": PACKED_MIN_ROWS,
+                                           "packed_one_row_min_numel": PACKED_ONE_ROW_MIN_NUMEL},
+                     "nanolab.bench_linear/1"),
         "shapes": [{"in": i, "out": o, "layers": c} for (i, o), c in sorted(shapes.items())],
         "results": results,
-        "ratios": {f"rows{r['rows']}:packed/plain": round(r["speedup"], 3) for r in results},
+        "ratios": {f"rows{r['rows']}:{v}/plain": round(r[f"{v}_speedup"], 3) for r in results
+                   for v in ("packed", "as_used")},
     }
     print(f"wrote {write_json(args.out, result)}")
     return 0
