@@ -4,13 +4,12 @@
 weights must not change inside it (nothing trains there; autograd cannot pass through it). On entry it computes
 - mHC's per-sub-layer gains (`nanotrain.model.mhc.frozen_gains`), and
 - on a CPU, in fp32: every plain linear weight (and the tied embedding/head) reordered into oneDNN's blocked
-  layout (`torch.ops.mkldnn._reorder_linear_weight`), and products run through oneDNN (`_linear_pointwise`)
-  instead of the default `F.linear` (which on a CPU calls MKL) wherever that measured faster. On the AMD EPYC
-  (Zen 4) VMs (oneDNN's kernels use AVX-512 there: `ONEDNN_VERBOSE=1` prints the ISA) MKL's single-precision
-  products took 1.5-2.4x as long as the packed ones over a tiny model's layer shapes at 2 to 2,048 rows, and 3-5x
-  at full scale. For one row (batch-1 decoding) it depends on the weight: MKL's matrix-vector kernel was faster
-  below about 400k elements (0.5-0.7x at 130k-200k) and slower above (1.1-1.3x at 520k, 1.4-1.6x at 1M, 2.8x over
-  a full-scale model), so one row uses the packed weight only from 2^19 elements on. `benchmarks/bench_linear.py`
+  layout (`torch.ops.mkldnn._reorder_linear_weight`), and every product runs through oneDNN
+  (`_linear_pointwise`) with it instead of the default `F.linear`, which on a CPU calls MKL. On the AMD EPYC
+  (Zen 4) VMs (oneDNN's kernels use AVX-512 there: `ONEDNN_VERBOSE=1` prints the ISA) a forward pass's products
+  took 1.9-4.8x as long through MKL at every row count from 1 (batch-1 decoding) to 2,048 (held-out loss), at tiny
+  and at full scale. (One small weight multiplied by one row again and again, hot in the cache, is faster through
+  MKL's matrix-vector kernel; in a forward pass each weight comes from memory.) `benchmarks/bench_linear.py`
   measures both on the machine at hand. The packed copies live only inside the block: made on entry, dropped on
   exit, so they can never go stale.
 Outside the block (training, compiled code, CUDA) every layer computes as a plain `nn.Linear`.
@@ -25,16 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PACKED_MIN_ROWS = 2  # from this many rows on, every product uses the packed weight
-PACKED_ONE_ROW_MIN_NUMEL = 1 << 19  # one row: only weights this large (smaller: MKL's matrix-vector kernel is faster)
-
 
 def linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None = None,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`; through `packed` (weight's oneDNN layout) when given and it pays: x has at least
-    `PACKED_MIN_ROWS` rows, or one row and a weight of at least `PACKED_ONE_ROW_MIN_NUMEL` elements."""
-    if packed is not None and x.numel() > 0 and (x.numel() >= PACKED_MIN_ROWS * x.shape[-1]
-                                                 or weight.numel() >= PACKED_ONE_ROW_MIN_NUMEL):
+    """`F.linear(x, weight, bias)`, through `packed` (weight in oneDNN's layout) when given."""
+    if packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
