@@ -429,3 +429,17 @@ def test_gated_step_reads_nothing_back_to_the_host() -> None:
         bool(ok)  # the probe works: a host read of a meta tensor fails
     clip_grad_norm_(model.parameters(), 1.0)
     opts.step(ok=ok)
+
+
+def test_newton_schulz_runs_in_bf16_on_a_cpu_only_for_bf16_runs():
+    from nanotrain.optim.groups import default_ns_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert default_ns_dtype(cpu, "bf16") == (torch.bfloat16 if native else None)
+    assert default_ns_dtype(cpu, "fp32") is None  # fp32 runs (the regression runs) keep fp32 orthogonalisation
+    assert default_ns_dtype(cuda, "fp32") is None  # CUDA: Muon's own choice (bf16)
+    model = ShapesModel(list(NAMED_SHAPES))
+    assert build_optimizers(model, TrainConfig(dtype="fp32")).muon._ns_dtype_for(cpu) == torch.float32
+    want = torch.bfloat16 if native else torch.float32
+    assert build_optimizers(model, TrainConfig(dtype="bf16")).muon._ns_dtype_for(cpu) == want
