@@ -10,12 +10,18 @@ from nanoeval.rust import aggregate, score_batch
 METRIC_DIR = Path(nanoeval.__file__).resolve().parent / "metrics" / "rust_syntax"
 
 
-def test_metric_loads_offline_and_matches(tmp_path, monkeypatch):
+@pytest.fixture
+def metric(tmp_path, monkeypatch):
+    """The metric module loaded by path with the Hugging Face hubs offline and an empty cache."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
         monkeypatch.setenv(var, "1")
     evaluate = pytest.importorskip("evaluate")
     metric = evaluate.load(str(METRIC_DIR))
+    return metric
+
+
+def test_metric_loads_offline_and_matches(metric):
     preds = ["fn main() {}\n", "fn main( {", "struct P { x: f6"]
     flags = [False, False, True]
     got = metric.compute(predictions=preds, truncated=flags)
@@ -24,12 +30,7 @@ def test_metric_loads_offline_and_matches(tmp_path, monkeypatch):
     assert metric.compute(predictions=preds)["valid_rate"] == pytest.approx(1 / 3)
 
 
-def test_metric_validator_both_reports_agreement(tmp_path, monkeypatch, rustc):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    evaluate = pytest.importorskip("evaluate")
-    metric = evaluate.load(str(METRIC_DIR))
+def test_metric_validator_both_reports_agreement(metric, rustc):
     # valid for both; invalid for both; `~` inside a macro call: only rustc accepts it (tokens are not parsed)
     preds = ["fn main() {}\n", "fn main( {", "fn f() { m!(~x); }\n"]
     got = metric.compute(predictions=preds, validator="both", rustc=rustc.path)
@@ -40,12 +41,7 @@ def test_metric_validator_both_reports_agreement(tmp_path, monkeypatch, rustc):
     assert only["valid_rate"] == pytest.approx(2 / 3) and only["validator_agreement"] is None
 
 
-def test_metric_card_describes_inputs_outputs_example_and_cites_tree_sitter_rust(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    evaluate = pytest.importorskip("evaluate")
-    metric = evaluate.load(str(METRIC_DIR))
+def test_metric_card_describes_inputs_outputs_example_and_cites_tree_sitter_rust(metric):
     assert "tree-sitter-rust" in metric.description and "valid_rate" in metric.description
     assert "github.com/tree-sitter/tree-sitter-rust" in metric.citation and "@software" in metric.citation
     for field in ("predictions", "truncated", "validator", "n:", "error_density", "Examples:"):
