@@ -38,9 +38,10 @@ A compile that fails falls back to eager decoding and says why in `fallback_reas
 from __future__ import annotations
 
 import codecs
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -363,6 +364,8 @@ class Engine:
                on_token: TokenCallback | None = None) -> Iterator[list[Sample]]:
         """Yield the (live, partial) samples, in prompt order, after every decode step; the last value has every
         sample finished. Closing the iterator early stops decoding."""
+        from nanotrain.model.frozen import frozen_weights
+
         context = context_length(self.model)
         if config.max_new_tokens >= context:
             raise UserError(f"--max-new-tokens {config.max_new_tokens}: leaves no room for a prompt in the "
@@ -379,16 +382,19 @@ class Engine:
         order = sorted(range(len(samples)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         n_batches = -(-len(order) // self.batch_size)
         per_batch = -(-len(order) // n_batches)  # batches of equal size: no short last batch with the same step cost
-        for start in range(0, len(order), per_batch):
-            chunk = order[start:start + per_batch]
-            rows = [_Row(samples[i], i, self.detok.stream()) for i in chunk]
-            for _ in self._decode_batch([encoded[i] for i in chunk], rows, config, generator, on_token):
-                yield samples
+        with ExitStack() as stack:  # `freeze`: enter frozen_weights once (the first eager batch) for the whole call
+            freeze = functools.cache(lambda: stack.enter_context(frozen_weights(self.model, self.dtype)))
+            for start in range(0, len(order), per_batch):
+                chunk = order[start:start + per_batch]
+                rows = [_Row(samples[i], i, self.detok.stream()) for i in chunk]
+                for _ in self._decode_batch([encoded[i] for i in chunk], rows, config, generator, on_token, freeze):
+                    yield samples
 
     def _decode_batch(self, prompt_ids: list[list[int]], rows: list[_Row], config: SamplingConfig,
-                      generator: torch.Generator, on_token: TokenCallback | None) -> Iterator[None]:
-        from nanotrain.model.frozen import frozen_weights
-
+                      generator: torch.Generator, on_token: TokenCallback | None,
+                      freeze: Callable[[], object]) -> Iterator[None]:
+        """Decode one batch. An eager batch calls `freeze()`, which enters `frozen_weights` for the rest of the
+        `stream` call the first time, so the weights are packed once per call, not once per batch."""
         n, dev = len(rows), self.device
         lengths = [len(p) for p in prompt_ids]
         longest = max(lengths)
@@ -405,7 +411,9 @@ class Engine:
         cuda = dev.type == "cuda"
         pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
         try:
-            with torch.inference_mode(), (frozen_weights(self.model, self.dtype) if eager else nullcontext()):
+            if eager:
+                freeze()
+            with torch.inference_mode():
                 prompt = prompt.to(dev)
                 pos = torch.tensor(lengths, device=dev)[:, None]
                 if eager and len(set(lengths)) == 1:

@@ -67,11 +67,9 @@ def _measure(model, batches, bypass: bool, n_batches: int, desc: str,
     """Per-target NLL (nats, fp32, in token order) over `batches`, and the summed predictive entropy."""
     from tqdm import tqdm
 
-    from nanotrain.model.frozen import frozen_weights
-
     nlls = []
     ent = 0.0
-    with torch.inference_mode(), frozen_weights(model, next(model.parameters()).dtype):
+    with torch.inference_mode():
         for x, y in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False):
             logits = model(x, bypass_noncausal=bypass).logits.float()
             logp = logits.log_softmax(dim=-1)
@@ -106,6 +104,7 @@ def evaluate_heldout(
     from nanoeval.stats import bootstrap_ratio
     from nanotrain.data.loader import sequential_batches
     from nanotrain.data.tokenizer import EOS_ID
+    from nanotrain.model.frozen import frozen_weights
 
     mode, bypass = resolve_inference_mode(model, inference_mode)
     tokens = dataset.tokens(split)
@@ -125,7 +124,11 @@ def evaluate_heldout(
         for x, y in sequential_batches(tokens[: windows * seq_len + 1], seq_len, batch_size):
             yield x.to(device), y.to(device)
 
-    nll, ent = _measure(model, batches(), bypass, n_batches, f"held-out {split}", progress)
+    with frozen_weights(model, next(model.parameters()).dtype):  # weights packed once for both passes
+        nll, ent = _measure(model, batches(), bypass, n_batches, f"held-out {split}", progress)
+        train_nll = None
+        if bypass:
+            train_nll, _ = _measure(model, batches(), False, n_batches, f"held-out {split} (train mode)", progress)
     count = len(nll)
     ce = float(nll.double().sum()) / count
     # Target token p (1..count) belongs to the document of the <eos> count before it (an <eos> ends its file).
@@ -155,8 +158,7 @@ def evaluate_heldout(
         doc_tokens=[int(v) for v in doc_tokens],
         doc_nll=[round(float(v), 6) for v in doc_nll],
     )
-    if bypass:
-        train_nll, _ = _measure(model, batches(), False, n_batches, f"held-out {split} (train mode)", progress)
+    if train_nll is not None:
         result.train_mode_ce = float(train_nll.double().sum()) / count
         result.train_mode_gap = ce - result.train_mode_ce
     return result

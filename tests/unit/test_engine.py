@@ -284,6 +284,22 @@ def test_samples_split_into_equal_batches(engram, n, batch_size, sizes):
     assert seen == sizes and len(gen.samples) == n
 
 
+def test_weights_are_frozen_once_per_call_not_per_batch(engram, monkeypatch):
+    import nanotrain.model.frozen as frozen
+
+    entries = []
+    real = frozen.frozen_weights
+
+    def counting(model, dtype):
+        entries.append(dtype)
+        return real(model, dtype)
+
+    monkeypatch.setattr(frozen, "frozen_weights", counting)
+    gen = generate(engram, PROMPTS, SamplingConfig(max_new_tokens=3, temperature=0.0), batch_size=2)  # 3 batches
+    assert len(gen.samples) == len(PROMPTS) and entries == [torch.float32]
+    assert all(m.packed is None for m in engram.model.modules() if isinstance(m, frozen.Linear))  # left on exit
+
+
 def test_only_generated_ids_are_decoded(engram):
     gen = generate(engram, PROMPTS)
     for s in gen.samples:
